@@ -1,0 +1,29 @@
+# `make demo` and `make test` are the whole set-up: each one creates .venv/ (once) and runs.
+PY        ?= python3.11
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.setup-done
+# Tiny models for tests and the prepared default model live here (never downloaded).
+export RLHF_CACHE ?= $(CURDIR)/.cache
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export DS_ACCELERATOR ?= cpu
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(PY) $(VENV)
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/rlhf pipeline examples/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) .cache runs

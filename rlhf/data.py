@@ -1,0 +1,578 @@
+"""Load, check and convert the five data kinds: qa, prompts, preferences, ratings, rankings.
+
+Every file becomes a pyarrow table with one canonical schema per kind. Bad rows never sink a
+file: each one goes to a quarantine list with its row number and a reason that names the field,
+and the good rows carry on. Only a file with no usable row at all is an error.
+
+Accepted spellings besides our own column names (TRL conventions, mapped automatically):
+`prompt`/`completion`, chat `messages` lists, `chosen`/`rejected` as message lists, and
+`question` <-> `prompt` as aliases. An explicit `fields` mapping renames columns first.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlhf.config import DATA_KINDS
+
+
+class DataError(ValueError):
+    """A data file that cannot be used at all; the message names the file."""
+
+
+_STR, _STRS = pa.string(), pa.list_(pa.string())
+SCHEMAS: dict[str, pa.Schema] = {
+    "qa": pa.schema([pa.field("question", _STR, False), pa.field("answer", _STR, False),
+                     pa.field("context", _STR), pa.field("choices", _STRS)]),
+    "prompts": pa.schema([pa.field("question", _STR, False), pa.field("reference", _STR)]),
+    "preferences": pa.schema([pa.field("prompt", _STR, False), pa.field("chosen", _STR, False),
+                              pa.field("rejected", _STR, False)]),
+    "ratings": pa.schema([pa.field("prompt", _STR, False), pa.field("response", _STR, False),
+                          pa.field("rating", pa.int64(), False)]),
+    "rankings": pa.schema([pa.field("prompt", _STR, False), pa.field("responses", _STRS, False)]),
+}
+# Reward-model pairs; margin is "how much better" in the source's units (rating points, rank
+# distance), 0.0 when the source is a plain preference.
+PAIRS_SCHEMA = SCHEMAS["preferences"].append(pa.field("margin", pa.float64(), False))
+RAW_CHARS = 500
+_MISSING = object()
+
+
+@dataclass
+class LoadResult:
+    table: pa.Table
+    """Valid rows in the canonical schema of `kind`."""
+    quarantined: list[dict] = field(default_factory=list)
+    """Rejected rows: {"row": 1-based row number, "reason": str, "raw": row or text prefix}."""
+    source: str = ""
+    """File path or `gym:<task>` the rows came from."""
+    kind: str = ""
+    """Data kind, one of DATA_KINDS."""
+    total_rows: int = 0
+    """Rows seen in the source, valid or not."""
+
+    def summary(self) -> dict:
+        reasons = Counter(reason_category(q["reason"]) for q in self.quarantined)
+        return {"file": self.source, "kind": self.kind, "rows": self.total_rows,
+                "valid": self.table.num_rows, "quarantined": len(self.quarantined),
+                "reasons": dict(reasons)}
+
+
+def reason_category(reason: str) -> str:
+    """Drop the row-specific tail so reasons can be counted: 'field 'rating': expected ...'."""
+    if reason.startswith("duplicate of row"):
+        return "duplicate"
+    return re.split(r", got | \(", reason, maxsplit=1)[0]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path, kind: str, fields: dict | None = None,
+         max_line_bytes: int = 1 << 20) -> LoadResult:
+    """Read a JSONL, Parquet or CSV file of `kind`, quarantining bad and duplicate rows."""
+    if kind not in DATA_KINDS:
+        raise DataError(f"unknown data kind '{kind}' (valid: {', '.join(DATA_KINDS)})")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        records = _read_jsonl(path, max_line_bytes)
+    elif suffix == ".parquet":
+        records = _read_parquet(path)
+    elif suffix == ".csv":
+        records = _read_csv(path)
+    else:
+        raise DataError(f"{path}: unknown extension '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
+    decode = _decode_csv_row if suffix == ".csv" else None
+    result = _validate(records, kind, fields or {}, str(path), decode)
+    if result.total_rows == 0:
+        raise DataError(f"{path} is empty")
+    if result.table.num_rows == 0:
+        first = "; ".join(f"row {q['row']}: {q['reason']}" for q in result.quarantined[:3])
+        raise DataError(f"{path}: no valid {kind} rows out of {result.total_rows} ({first})")
+    return result
+
+
+# A reader yields (row number, record dict or None, reason if unreadable, raw text prefix).
+Record = tuple[int, "dict | None", str, str]
+
+
+def _read_jsonl(path: Path, max_line_bytes: int) -> Iterator[Record]:
+    """Line by line in binary so one bad line (bytes, JSON, size) costs only itself."""
+    with open(path, "rb") as f:
+        for lineno in itertools.count(1):
+            # At most limit + 2 bytes (room for "\r\n") tells "too long" apart without ever
+            # holding the whole line.
+            line = f.readline(max_line_bytes + 2)
+            if not line:
+                return
+            if len(line.rstrip(b"\r\n")) > max_line_bytes:
+                size = len(line.rstrip(b"\r\n")) + (0 if line.endswith(b"\n") else _skip_line(f))
+                prefix = line[:RAW_CHARS].decode("utf-8", "replace")
+                yield lineno, None, f"line too long ({size} bytes, limit {max_line_bytes})", prefix
+                continue
+            if lineno == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            if not line.strip():
+                continue  # blank lines are layout, not rows
+            yield (lineno, *_parse_line(line))
+
+
+def _skip_line(f) -> int:
+    """Read past the rest of a line in small chunks; return its content bytes (no newline)."""
+    skipped = 0
+    while chunk := f.readline(1 << 16):
+        if chunk.endswith(b"\n"):
+            return skipped + len(chunk.rstrip(b"\r\n"))
+        skipped += len(chunk)
+    return skipped
+
+
+def _parse_line(line: bytes) -> tuple[dict | None, str, str]:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"invalid UTF-8 (byte {exc.start})", line[:RAW_CHARS].decode("utf-8", "replace")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "too deep"
+        return None, f"invalid JSON ({detail})", text[:RAW_CHARS]
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {_type(obj)}", text[:RAW_CHARS]
+    return obj, "", ""
+
+
+def _read_parquet(path: Path) -> Iterator[Record]:
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: cannot read Parquet ({exc})") from None
+    for i, row in enumerate(rows, 1):
+        yield i, row, "", ""
+
+
+def _read_csv(path: Path) -> Iterator[Record]:
+    """Every cell is read as text (no type guessing: '007' stays '007'). The stdlib parser,
+    not pyarrow's, because it numbers records exactly even with newlines inside quoted cells,
+    and a ragged row or bad bytes cost only that row instead of the whole file."""
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.reader(f)
+        header, number = next(reader, None), 0
+        while header:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a cell over the csv module's size limit
+                cells = exc
+            if cells != []:  # blank lines are layout, not rows
+                number += 1
+                yield ((number, None, f"unreadable CSV row ({cells})", "") if isinstance(cells, csv.Error)
+                       else (number, *_csv_record(header, cells)))
+
+
+def _csv_record(header: list[str], cells: list[str]) -> tuple[dict | None, str, str]:
+    raw = ",".join(cells).encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:RAW_CHARS]
+    if len(cells) != len(header):
+        return None, f"wrong number of columns (expected {len(header)}, got {len(cells)})", raw
+    try:
+        for cell in cells:
+            cell.encode("utf-8")  # surrogates mark bytes that were not UTF-8
+    except UnicodeEncodeError:
+        return None, "invalid UTF-8", raw
+    return dict(zip(header, cells)), "", ""
+
+
+_LIST_COLUMNS = {"choices", "responses", "messages"}
+_MAYBE_CHAT_COLUMNS = {"chosen", "rejected", "prompt", "completion"}
+
+
+def _decode_csv_row(row: dict) -> dict:
+    """CSV cells are text: JSON arrays in list columns, numbers in `rating` (after renaming)."""
+    out = dict(row)
+    for key, value in row.items():
+        text = value.strip() if isinstance(value, str) else value
+        if key in _LIST_COLUMNS and text == "":
+            out[key] = None
+        elif key in _LIST_COLUMNS | _MAYBE_CHAT_COLUMNS and text and text[0] == "[":
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                continue  # left as text; the field check will say what was expected
+            if key in _LIST_COLUMNS or _is_chat(parsed):
+                out[key] = parsed
+        elif key == "rating" and re.fullmatch(r"[+-]?\d+(\.\d*)?", text or ""):
+            out[key] = float(text) if "." in text else int(text)
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+class _RowError(Exception):
+    pass
+
+
+def _validate(records: Iterator[Record], kind: str, fields: dict, source: str,
+              decode: Callable[[dict], dict] | None = None) -> LoadResult:
+    good, bad, seen, total = [], [], {}, 0
+    for number, record, error, raw in records:
+        total += 1
+        if record is None:
+            bad.append({"row": number, "reason": error, "raw": raw})
+            continue
+        try:
+            renamed = _rename(record, fields)
+            row = _ROW_PARSERS[kind](decode(renamed) if decode else renamed)
+        except _RowError as exc:
+            bad.append({"row": number, "reason": str(exc), "raw": _raw_row(record)})
+            continue
+        key = _canonical(row)
+        if key in seen:
+            bad.append({"row": number, "reason": f"duplicate of row {seen[key]}", "raw": _raw_row(record)})
+            continue
+        seen[key] = number
+        good.append(row)
+    table = pa.Table.from_pylist(good, schema=SCHEMAS[kind])
+    return LoadResult(table=table, quarantined=bad, source=source, kind=kind, total_rows=total)
+
+
+def _rename(record: dict, fields: dict) -> dict:
+    """Mapped columns win over same-named unmapped ones: the user asked for them explicitly."""
+    out = {k: v for k, v in record.items() if k not in fields}
+    out.update({fields[k]: v for k, v in record.items() if k in fields})
+    return out
+
+
+def _type(value: Any) -> str:
+    names = {type(None): "null", dict: "object", str: "str"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _text(value: Any, name: str, optional: bool = False) -> str | None:
+    if optional and (value is _MISSING or value is None or (isinstance(value, str) and not value.strip())):
+        return None  # empty counts as absent: CSV cannot tell an empty cell from a missing value
+    if value is _MISSING or value is None:
+        raise _RowError(f"missing field '{name}'")
+    if not isinstance(value, str):
+        raise _RowError(f"field '{name}': expected a string, got {_type(value)}")
+    if not value.strip():
+        raise _RowError(f"field '{name}': empty string")
+    return value
+
+
+def _texts(value: Any, name: str) -> list[str]:
+    if value is _MISSING or value is None:
+        raise _RowError(f"missing field '{name}'")
+    if not isinstance(value, list):
+        raise _RowError(f"field '{name}': expected a list of strings, got {_type(value)}")
+    return [_text(v, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
+def _is_chat(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) > 0
+            and all(isinstance(m, dict) and "role" in m for m in value))
+
+
+def _content(message: dict) -> Any:
+    content = message.get("content")
+    if isinstance(content, list):  # multimodal parts: keep the text ones
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content
+
+
+def _last_index(messages: list, role: str) -> int:
+    return max((i for i, m in enumerate(messages) if m.get("role") == role), default=-1)
+
+
+def _chat_turn(messages: Any, name: str) -> tuple[Any, Any]:
+    """(last user message, final assistant reply to it or _MISSING) of a chat list."""
+    if not _is_chat(messages):
+        raise _RowError(f"field '{name}': expected a list of {{role, content}} messages, "
+                        f"got {_type(messages)}")
+    user = _last_index(messages, "user")
+    if user < 0:
+        raise _RowError(f"field '{name}': no user message")
+    reply = _last_index(messages, "assistant")
+    return _content(messages[user]), _content(messages[reply]) if reply > user else _MISSING
+
+
+def _pick(record: dict, names: tuple[str, ...], role: str) -> Any:
+    """First present column of `names`; a chat list in it yields its last `role` message."""
+    for name in names:
+        value = record.get(name)
+        if value is None:
+            continue
+        if _is_chat(value):
+            index = _last_index(value, role)
+            if index < 0:
+                raise _RowError(f"field '{name}': no {role} message")
+            return _content(value[index])
+        return value
+    return _MISSING
+
+
+def _question_answer(record: dict, q_names: tuple, a_names: tuple) -> tuple[Any, Any]:
+    question, answer = _pick(record, q_names, "user"), _pick(record, a_names, "assistant")
+    if "messages" in record and (question is _MISSING or answer is _MISSING):
+        chat_q, chat_a = _chat_turn(record["messages"], "messages")
+        question = chat_q if question is _MISSING else question
+        answer = chat_a if answer is _MISSING else answer
+    return question, answer
+
+
+def _qa_row(record: dict) -> dict:
+    question, answer = _question_answer(record, ("question", "prompt"), ("answer", "completion"))
+    row = {"question": _text(question, "question"), "answer": _text(answer, "answer"),
+           "context": _text(record.get("context"), "context", optional=True), "choices": None}
+    choices = record.get("choices")
+    if choices is not None and choices != []:
+        row["choices"] = _texts(choices, "choices")
+        if row["answer"].strip() not in {c.strip() for c in row["choices"]}:
+            raise _RowError(f"field 'answer': expected one of the choices, got {row['answer'][:80]!r}")
+    return row
+
+
+def _prompts_row(record: dict) -> dict:
+    question, reference = _question_answer(
+        record, ("question", "prompt"), ("reference", "answer", "completion"))
+    return {"question": _text(question, "question"),
+            "reference": _text(reference, "reference", optional=True)}
+
+
+def _preferences_row(record: dict) -> dict:
+    chosen, rejected = record.get("chosen", _MISSING), record.get("rejected", _MISSING)
+    prompt = _pick(record, ("prompt", "question"), "user")
+    if prompt is _MISSING and _is_chat(chosen) and _is_chat(rejected):
+        # Implicit prompt (TRL): the user turns both conversations share.
+        shared = list(itertools.takewhile(lambda p: p[0] == p[1], zip(chosen, rejected)))
+        index = _last_index([c for c, _ in shared], "user")
+        prompt = _content(shared[index][0]) if index >= 0 else _MISSING
+    row = {"prompt": _text(prompt, "prompt"),
+           "chosen": _text(_pick(record, ("chosen",), "assistant"), "chosen"),
+           "rejected": _text(_pick(record, ("rejected",), "assistant"), "rejected")}
+    if row["chosen"].strip() == row["rejected"].strip():
+        raise _RowError("chosen and rejected are identical")
+    return row
+
+
+def _ratings_row(record: dict) -> dict:
+    prompt, response = _question_answer(
+        record, ("prompt", "question"), ("response", "answer", "completion"))
+    rating = record.get("rating", _MISSING)
+    if rating is _MISSING or rating is None:
+        raise _RowError("missing field 'rating'")
+    number = isinstance(rating, (int, float)) and not isinstance(rating, bool)
+    if not (number and (isinstance(rating, int) or rating.is_integer()) and 1 <= rating <= 5):
+        shown = repr(rating) if number else _type(rating)
+        raise _RowError(f"field 'rating': expected an integer 1-5, got {shown}")
+    return {"prompt": _text(prompt, "prompt"), "response": _text(response, "response"),
+            "rating": int(rating)}
+
+
+def _rankings_row(record: dict) -> dict:
+    prompt = _pick(record, ("prompt", "question"), "user")
+    row = {"prompt": _text(prompt, "prompt"),
+           "responses": _texts(record.get("responses", _MISSING), "responses")}
+    distinct = len({r.strip() for r in row["responses"]})
+    if distinct < 2:
+        raise _RowError(f"field 'responses': expected at least 2 distinct responses, got {distinct}")
+    return row
+
+
+_ROW_PARSERS = {"qa": _qa_row, "prompts": _prompts_row, "preferences": _preferences_row,
+                "ratings": _ratings_row, "rankings": _rankings_row}
+
+
+def _canonical(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _raw_row(record: Any) -> Any:
+    """The row itself when short (as plain JSON), else a prefix of its JSON text."""
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    return json.loads(text) if len(text) <= RAW_CHARS else text[:RAW_CHARS]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def quarantine_path_for(output_path: str | Path) -> Path:
+    output_path = Path(output_path)
+    return output_path.with_name(f"{output_path.stem}.quarantine.jsonl")
+
+
+def write_quarantine(result: LoadResult, path: str | Path) -> Path | None:
+    """JSONL of quarantined rows; with none, remove a stale file and return None."""
+    path = Path(path)
+    if not result.quarantined:
+        path.unlink(missing_ok=True)
+        return None
+    lines = "".join(json.dumps(q, ensure_ascii=False, default=str) + "\n" for q in result.quarantined)
+    return _write_atomic(path, lines.encode("utf-8"))
+
+
+def save(table: pa.Table, path: str | Path) -> Path:
+    """Write `.parquet` or `.jsonl` (one JSON object per row)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        return _write_atomic(path, sink.getvalue().to_pybytes())
+    if suffix == ".jsonl":
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist())
+        return _write_atomic(path, lines.encode("utf-8"))
+    raise DataError(f"{path}: cannot save as '{path.suffix}' (use .parquet or .jsonl)")
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    # A reader (or a crashed run) never sees half a file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def validate_file(path: str | Path, kind: str, fields: dict | None = None,
+                  out: str | Path | None = None) -> LoadResult:
+    """Load and check a file; write the clean table to `out` and the quarantine beside it
+    (or beside the input as `<stem>.<kind>.quarantine.jsonl` when there is no `out`)."""
+    result = load(path, kind, fields)
+    if out is not None:
+        save(result.table, out)
+        write_quarantine(result, quarantine_path_for(out))
+    else:
+        path = Path(path)
+        write_quarantine(result, path.with_name(f"{path.stem}.{kind}.quarantine.jsonl"))
+    return result
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def ratings_to_pairs(table: pa.Table) -> pa.Table:
+    """Per prompt, every two responses with different ratings: the higher one is chosen.
+    Rows keep their file order within a prompt; margin is the rating difference."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for row in table.select(["prompt", "response", "rating"]).to_pylist():
+        groups.setdefault(row["prompt"], []).append((row["response"], row["rating"]))
+    pairs = []
+    for prompt, rated in groups.items():
+        for (a, ra), (b, rb) in itertools.combinations(rated, 2):
+            if ra == rb or a.strip() == b.strip():
+                continue  # a tie or the same text teaches the reward model nothing
+            (hi, rh), (lo, rl) = ((a, ra), (b, rb)) if ra > rb else ((b, rb), (a, ra))
+            pairs.append({"prompt": prompt, "chosen": hi, "rejected": lo, "margin": float(rh - rl)})
+    return pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA)
+
+
+def rankings_to_pairs(table: pa.Table) -> pa.Table:
+    """All ordered pairs i < j of each ranking (best first): responses[i] beats responses[j].
+    A response listed twice keeps its best rank; margin is the rank distance."""
+    pairs = []
+    for row in table.select(["prompt", "responses"]).to_pylist():
+        ranked = list(dict.fromkeys(r.strip() for r in row["responses"]))
+        first = {}
+        for text in row["responses"]:
+            first.setdefault(text.strip(), text)
+        for i, j in itertools.combinations(range(len(ranked)), 2):
+            pairs.append({"prompt": row["prompt"], "chosen": first[ranked[i]],
+                          "rejected": first[ranked[j]], "margin": float(j - i)})
+    return pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA)
+
+
+def to_pairs(result_or_table: LoadResult | pa.Table, kind: str | None = None) -> pa.Table:
+    """Preference pairs (PAIRS_SCHEMA) from preferences, ratings or rankings."""
+    table = result_or_table.table if isinstance(result_or_table, LoadResult) else result_or_table
+    kind = kind or getattr(result_or_table, "kind", None)
+    if kind == "ratings":
+        return ratings_to_pairs(table)
+    if kind == "rankings":
+        return rankings_to_pairs(table)
+    if kind == "preferences":
+        if "margin" not in table.column_names:
+            table = table.append_column("margin", pa.array([0.0] * table.num_rows, pa.float64()))
+        return table.select(PAIRS_SCHEMA.names).cast(PAIRS_SCHEMA)
+    raise DataError(f"cannot make preference pairs from kind '{kind}' (use preferences, ratings or rankings)")
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def split(table: pa.Table, val_fraction: float, seed: int = 0) -> tuple[pa.Table, pa.Table]:
+    """(train, val) chosen by a stable hash, so the same rows split the same way in any order.
+
+    The hash key is the row's question/prompt when it has one, else the whole row: every row
+    about one question lands on the same side, so validation never sees a trained-on question
+    and a prompt's ratings stay together for ratings_to_pairs.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    key = next((c for c in ("question", "prompt") if c in table.column_names), None)
+    rows = table.column(key).to_pylist() if key else table.to_pylist()
+    train, val = [], []
+    for i, row in enumerate(rows):
+        digest = hashlib.sha256(f"{seed}\0{_canonical(row)}".encode("utf-8")).digest()
+        (val if int.from_bytes(digest[:8], "big") < val_fraction * 2**64 else train).append(i)
+    return table.take(pa.array(train, pa.int64())), table.take(pa.array(val, pa.int64()))
+
+
+# ----------------------------------------------------------------------------- reasoning-gym
+
+
+@lru_cache(maxsize=32)
+def _gym_dataset(task: str, size: int, seed: int):
+    import reasoning_gym  # optional dependency; only `gym:` sources need it
+
+    try:
+        return reasoning_gym.create_dataset(task, size=size, seed=seed)
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"reasoning-gym task '{task}': {exc}") from None
+
+
+def gym_rows(task: str, size: int, seed: int) -> pa.Table:
+    """`size` generated questions of a reasoning-gym task as a prompts table."""
+    rows = [{"question": e["question"], "reference": str(e["answer"])}
+            for e in _gym_dataset(task, size, seed)]
+    return pa.Table.from_pylist(rows, schema=SCHEMAS["prompts"])
+
+
+def gym_score(task: str, answer: str | None, entry: dict) -> float:
+    """reasoning-gym's own scorer for `answer`; `entry` is the generated item (question,
+    answer, metadata) or a prompts row ({question, reference})."""
+    if "answer" not in entry:
+        entry = {"question": entry.get("question", ""), "answer": entry.get("reference")}
+    entry = {"metadata": {}, **entry}
+    return float(_gym_dataset(task, 1, 0).score_answer(answer, entry))
+
+
+def load_source(spec: str, kind: str, fields: dict | None = None, size: int = 512,
+                seed: int = 0) -> LoadResult:
+    """`gym:<task>` generates questions (kind prompts or qa); anything else is a file path."""
+    if not spec.startswith("gym:"):
+        return load(spec, kind, fields)
+    if kind not in ("prompts", "qa"):
+        raise DataError(f"{spec}: generated questions are kind prompts or qa, not '{kind}'")
+    table = gym_rows(spec[len("gym:"):], size, seed)
+    if kind == "qa":
+        table = pa.Table.from_pylist(
+            [{"question": r["question"], "answer": r["reference"]} for r in table.to_pylist()],
+            schema=SCHEMAS["qa"])
+    return LoadResult(table=table, source=spec, kind=kind, total_rows=table.num_rows)

@@ -60,12 +60,19 @@ def train(
 ) -> None:
     """Run RL (PPO, GRPO, RLOO, REINFORCE++) with Ray actors: vLLM rollout, reward, reference, ZeRO-3 learner."""
     cfg = _load(config, overrides)
-    from rlhf.runner import run_training
+    from actors.driver import run_training
+    from actors.launch import ActorFailed
+    from rlhf.loop import Interrupted
 
     try:
-        run_training(cfg, run_dir=run_dir, resume=resume, console=console)
+        path = run_training(cfg, run_dir=run_dir, resume=resume, console=console)
     except ConfigError as exc:
         fail(str(exc))
+    except Interrupted as exc:
+        fail(str(exc), code=130)
+    except ActorFailed as exc:
+        fail(f"{exc}\nthe last checkpoint is intact; rerun with --resume", code=1)
+    out.print(str(path), soft_wrap=True)
 
 
 @app.command()

@@ -272,3 +272,73 @@ def merge_lora(model):
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def response_logprobs(model, sequences, attention_mask, prompt_len: int, response_len: int, with_entropy: bool = False):
+    """Per-token logprobs of the response part of packed sequences under `model`.
+
+    sequences, attention_mask: [B, P+T] (prompts left-padded, responses right-padded; see
+    rlhf.batch). Returns logprobs [B, T] (fp32) and, if asked, entropy [B, T]. Position ids
+    start at each row's first real token so the numbers match the rollout engine's.
+    """
+    from rlhf.algos import entropy_from_logits, logprobs_from_logits
+    from rlhf.batch import position_ids_from_mask, response_logits_slice
+
+    out = model(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    logits = out.logits[:, response_logits_slice(prompt_len, response_len)].float()
+    labels = sequences[:, prompt_len : prompt_len + response_len]
+    logp = logprobs_from_logits(logits, labels)
+    if with_entropy:
+        return logp, entropy_from_logits(logits)
+    return logp
+
+
+def token_values(critic, sequences, attention_mask, prompt_len: int, response_len: int):
+    """Critic values for response tokens: [B, T]; value t is read at the state before token t
+    (the same column whose logits score token t)."""
+    from rlhf.batch import position_ids_from_mask, response_logits_slice
+
+    out = critic(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+    )
+    return out.logits[:, response_logits_slice(prompt_len, response_len), 0].float()
+
+
+def load_critic(path: str, dtype: str = "float32"):
+    """A value model: the policy backbone with a one-output token head (random init)."""
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(
+        resolve_model_path(path), num_labels=1, dtype=torch_dtype(dtype)
+    )
+    return model
+
+
+def merge_lora_state(state: dict, scale: float) -> dict:
+    """Fold peft LoRA tensors into plain HF names: W = W0 + scale * B @ A.
+
+    Input keys look like `base_model.model.<name>.base_layer.weight` and
+    `base_model.model.<name>.lora_{A,B}.default.weight`; output keys are `<name>.weight`.
+    """
+    prefix = "base_model.model."
+    merged: dict = {}
+    lora: dict[str, dict[str, object]] = {}
+    for key, tensor in state.items():
+        name = key[len(prefix):] if key.startswith(prefix) else key
+        if ".lora_A." in name or ".lora_B." in name:
+            module, rest = name.split(".lora_", 1)
+            lora.setdefault(module, {})[rest[0]] = tensor
+            continue
+        merged[name.replace(".base_layer.", ".")] = tensor
+    for module, parts in lora.items():
+        weight = f"{module}.weight"
+        delta = (parts["B"].float() @ parts["A"].float()) * scale
+        merged[weight] = (merged[weight].float() + delta).to(merged[weight].dtype)
+    return merged

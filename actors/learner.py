@@ -1,0 +1,290 @@
+"""Learner role: N DeepSpeed ZeRO-3 ranks (each a Ray actor) holding the policy and the critic.
+
+ZeRO-3 gathers each layer's parameters collectively during forward and backward, so every
+method that runs the model is called on all ranks at once with equal-sized shards; the
+`LearnerGroup` wrapper does that fan-out. Rank 0 gathers full weights for sync and export.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from rlhf import algos
+from rlhf.batch import Experience
+from rlhf.config import Config
+from rlhf.models import load_causal_lm, load_critic, load_tokenizer, response_logprobs, token_values
+
+
+def ds_config(cfg: Config, micro: int, grad_accum: int, world_size: int) -> dict:
+    """The DeepSpeed config for one engine: ZeRO stage, precision, clipping, batch geometry."""
+    ds = cfg.learner.deepspeed
+    zero = {"stage": ds.zero_stage, "stage3_gather_16bit_weights_on_model_save": False}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro * grad_accum * world_size,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+    }
+
+
+def batch_geometry(cfg: Config) -> tuple[int, int]:
+    """(micro-batch size, gradient-accumulation steps) per rank for one optimizer step."""
+    sequences = cfg.train.prompts_per_step * cfg.rollout.n_samples
+    per_rank = sequences // (cfg.learner.num_ranks * cfg.learner.mini_batches)
+    micro = min(cfg.learner.micro_batch_size, per_rank)
+    if per_rank % micro:
+        raise ValueError(
+            f"learner.micro_batch_size={micro} does not divide the {per_rank} sequences each rank "
+            "gets per mini-batch"
+        )
+    return micro, per_rank // micro
+
+
+class LearnerRank:
+    """One ZeRO-3 rank. Public methods: address, setup, forward, update, publish_weights,
+    save, load, export, partition_info."""
+
+    def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int, run_id: str):
+        self.cfg, self.model_path, self.rank, self.world_size, self.run_id = cfg, model_path, rank, world_size, run_id
+        self.version = 0
+        if not cfg.resources.use_gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+    def address(self) -> tuple[str, int]:
+        """This node's address and a free port for the process group (asked of rank 0)."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return socket.gethostbyname(socket.gethostname()) if self.cfg.resources.use_gpu else "127.0.0.1", port
+
+    def setup(self, master_addr: str, master_port: int) -> dict:
+        """Join the process group and build the DeepSpeed engines (collective)."""
+        import deepspeed
+
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        backend = self.cfg.learner.backend
+        if backend == "auto":
+            backend = "nccl" if self.cfg.resources.use_gpu else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+        torch.manual_seed(self.cfg.train.seed)
+        self.device = torch.device("cuda", 0) if self.cfg.resources.use_gpu else torch.device("cpu")
+        micro, accum = batch_geometry(self.cfg)
+        self.micro = micro
+        self.policy = self._engine(lambda: load_causal_lm(self.model_path, "float32"), self.cfg.learner.lr, micro, accum)
+        self.critic = None
+        if self.cfg.algo.name == "ppo":
+            self.critic = self._engine(lambda: load_critic(self.model_path, "float32"), self.cfg.learner.critic_lr,
+                                       micro, accum)
+        return self.partition_info()
+
+    def _engine(self, build, lr: float, micro: int, accum: int):
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        config = ds_config(self.cfg, micro, accum, self.world_size)
+        # Holding this object makes from_pretrained partition weights as it loads (ZeRO-3);
+        # wrapping from_pretrained in zero.Init() instead crashes in transformers 5.
+        hf_ds = HfDeepSpeedConfig(config)  # noqa: F841 - must stay alive while loading
+        model = build()
+        if self.cfg.model.lora.enabled:
+            from rlhf.models import apply_lora
+
+            model = apply_lora(model, self.cfg.model.lora)
+        params = [p for p in model.parameters() if p.requires_grad]
+        betas = tuple(self.cfg.learner.adam_betas)
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=self.cfg.learner.weight_decay)
+        warmup = max(1, self.cfg.learner.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
+        return engine
+
+    # ------------------------------------------------------------------------- passes
+
+    @torch.no_grad()
+    def forward(self, exp: Experience) -> dict:
+        """Old logprobs [b, T], entropy [b, T] and critic values [b, T] for this rank's shard."""
+        exp = exp.to(self.device)
+        self.policy.eval()
+        out: dict = {"old_logprobs": [], "entropy": [], "values": []}
+        for micro in exp.split(self.micro):
+            logp, ent = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
+                                          micro.response_len, with_entropy=True)
+            out["old_logprobs"].append(logp.cpu())
+            out["entropy"].append(ent.cpu())
+            if self.critic is not None:
+                out["values"].append(token_values(self.critic, micro.sequences, micro.attention_mask,
+                                                  micro.prompt_len, micro.response_len).cpu())
+        return {k: torch.cat(v) if v else None for k, v in out.items()}
+
+    def update(self, exp: Experience, kl_coef: float) -> dict:
+        """PPO epochs over this rank's shard: mini-batches, micro-batches, accumulation."""
+        exp = exp.to(self.device)
+        self.policy.train()
+        stats: dict[str, list[float]] = {}
+        for _ in range(self.cfg.learner.ppo_epochs):
+            for mini in exp.chunk(self.cfg.learner.mini_batches):
+                for micro in mini.split(self.micro):
+                    for name, value in self._micro_step(micro, kl_coef).items():
+                        stats.setdefault(name, []).append(value)
+        stats["perf/lr"] = [self.policy.get_lr()[0]]
+        self.version += 1
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def _micro_step(self, micro: Experience, kl_coef: float) -> dict:
+        a = self.cfg.algo
+        mask = micro.response_mask
+        logp = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
+                                 micro.response_len)
+        loss, stats = algos.policy_loss(logp, micro.old_logprobs, micro.advantages, mask, a.clip_eps, a.dual_clip)
+        if micro.ref_logprobs is not None and not a.kl_in_reward and kl_coef > 0:
+            kl = algos.kl_loss(logp, micro.ref_logprobs, mask, a.kl_estimator)
+            loss = loss + kl_coef * kl
+            stats["loss/kl"] = float(kl)
+        self.policy.backward(loss)
+        self.policy.step()
+        stats["loss/total"] = float(loss)
+        if self.critic is not None:
+            values = token_values(self.critic, micro.sequences, micro.attention_mask, micro.prompt_len,
+                                  micro.response_len)
+            vloss, vstats = algos.value_loss(values, micro.values, micro.returns, mask, a.value_clip)
+            self.critic.backward(a.vf_coef * vloss)
+            self.critic.step()
+            stats.update(vstats)
+        return {k: float(v) for k, v in stats.items()}
+
+    # ------------------------------------------------------------------------- weights
+
+    def _full_state(self, engine) -> dict | None:
+        """Gather ZeRO-3 partitions parameter by parameter (collective); rank 0 keeps a copy."""
+        import deepspeed
+
+        state = {}
+        for name, param in engine.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if self.rank == 0:
+                    state[name] = param.data.detach().to("cpu", copy=True)
+        if self.rank != 0:
+            return None
+        if self.cfg.model.lora.enabled:
+            from rlhf.models import merge_lora_state
+
+            state = merge_lora_state(state, self.cfg.model.lora.alpha / self.cfg.model.lora.r)
+        return state
+
+    def publish_weights(self, transport: str):
+        """Collective: gather the policy; rank 0 publishes a WeightPacket, others return None."""
+        from actors.weights import publish
+
+        state = self._full_state(self.policy)
+        if state is None:
+            return None
+        dtype = torch.bfloat16 if self.cfg.model.dtype == "bfloat16" else torch.float32
+        state = {k: v.to(dtype) for k, v in state.items()}
+        return publish(state, self.run_id, self.version, transport)
+
+    def partition_info(self) -> dict:
+        """How much of the policy this rank holds: {"local": numel, "full": numel}."""
+        local = full = 0
+        for p in self.policy.module.parameters():
+            full += getattr(p, "ds_numel", p.numel())
+            local += p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+        return {"rank": self.rank, "local": local, "full": full}
+
+    # ------------------------------------------------------------------------- checkpoints
+
+    def save(self, folder: str, tag: str) -> None:
+        """Collective: each rank writes its partitions, optimizer moments and RNG."""
+        client = {"version": self.version, "torch_rng": torch.get_rng_state()}
+        self.policy.save_checkpoint(os.path.join(folder, "policy"), tag=tag, client_state=client)
+        if self.critic is not None:
+            self.critic.save_checkpoint(os.path.join(folder, "critic"), tag=tag)
+
+    def load(self, folder: str, tag: str) -> int:
+        _, client = self.policy.load_checkpoint(os.path.join(folder, "policy"), tag=tag)
+        if self.critic is not None:
+            self.critic.load_checkpoint(os.path.join(folder, "critic"), tag=tag)
+        self.version = int(client["version"])
+        torch.set_rng_state(client["torch_rng"])
+        return self.version
+
+    def optimizer_fingerprint(self) -> float:
+        """Sum of |Adam moments| on this rank: a cheap check that a resume restored them."""
+        total = 0.0
+        opt = self.policy.optimizer
+        inner = getattr(opt, "optimizer", opt)
+        for state in inner.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    total += float(state[key].abs().sum())
+        return total
+
+    def export(self, out_dir: str) -> str | None:
+        """Collective: write the policy as a Hugging Face folder (rank 0 writes)."""
+        state = self._full_state(self.policy)
+        if state is None:
+            return None
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        out = Path(out_dir)
+        config = AutoConfig.from_pretrained(self.model_path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        model.save_pretrained(out, state_dict=state, safe_serialization=True)
+        load_tokenizer(self.model_path).save_pretrained(out)
+        return str(out)
+
+
+class LearnerGroup:
+    """Fans calls out to all ranks with equal shards; futures let the driver overlap passes."""
+
+    def __init__(self, ranks: list, transport: str):
+        import ray
+
+        self.ray, self.ranks, self.transport = ray, ranks, transport
+        self.pool = ThreadPoolExecutor(max_workers=4)
+
+    def _all(self, method: str, *args) -> list:
+        return self.ray.get([getattr(r, method).remote(*args) for r in self.ranks])
+
+    def _sharded(self, method: str, exp: Experience, *args) -> list:
+        shards = exp.chunk(len(self.ranks))
+        return self.ray.get([getattr(r, method).remote(s, *args) for r, s in zip(self.ranks, shards)])
+
+    def forward_async(self, exp: Experience) -> Future:
+        def run() -> dict:
+            parts = self._sharded("forward", exp)
+            return {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+        return self.pool.submit(run)
+
+    def update(self, exp: Experience, kl_coef: float) -> dict:
+        parts = self._sharded("update", exp, kl_coef)
+        return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+
+    def publish_weights(self):
+        return self._all("publish_weights", self.transport)[0]
+
+    def save(self, folder: str, tag: str) -> None:
+        self._all("save", folder, tag)
+
+    def load(self, folder: str, tag: str) -> int:
+        return self._all("load", folder, tag)[0]
+
+    def export(self, out_dir: str) -> str:
+        return self._all("export", out_dir)[0]
+
+    def partition_info(self) -> list[dict]:
+        return self._all("partition_info")

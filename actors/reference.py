@@ -1,0 +1,28 @@
+"""Reference role: a frozen copy of the initial policy that scores responses for the KL term."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.config import Config
+from rlhf.models import load_causal_lm, response_logprobs
+
+
+class ReferenceActor:
+    """Frozen policy. Public methods: logprobs."""
+
+    def __init__(self, cfg: Config, model_path: str):
+        torch.manual_seed(cfg.train.seed)
+        self.model = load_causal_lm(model_path, cfg.model.dtype).eval()
+        self.model.requires_grad_(False)
+        self.micro_batch_size = cfg.learner.micro_batch_size
+
+    @torch.no_grad()
+    def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                 response_len: int) -> torch.Tensor:
+        """[B, P+T] packed sequences -> [B, T] reference logprobs of the response tokens."""
+        parts = [
+            response_logprobs(self.model, seq, mask, prompt_len, response_len)
+            for seq, mask in zip(sequences.split(self.micro_batch_size), attention_mask.split(self.micro_batch_size))
+        ]
+        return torch.cat(parts)

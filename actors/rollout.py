@@ -1,0 +1,101 @@
+"""Rollout role: a Ray actor holding one vLLM engine that samples responses to prompts.
+
+Logprobs are vLLM's raw (pre-temperature) logprobs of the sampled tokens, the same quantity
+the learner computes, so the two can be compared after each weight sync.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from actors.weights import WeightPacket, local_path
+from rlhf.batch import Rollout
+from rlhf.config import Config
+
+
+class RolloutActor:
+    """One vLLM engine. Public methods: generate, load_weights, logprobs, info."""
+
+    def __init__(self, cfg: Config, model_path: str, run_id: str, engine_index: int = 0):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gib))))
+        if cfg.rollout.tensor_parallel_size == 1:
+            # One process instead of three: the engine core runs inside this actor, which
+            # starts in seconds on CPU and keeps collective_rpc a plain call.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.cfg, self.run_id, self.engine_index = cfg, run_id, engine_index
+        started = time.perf_counter()
+        self.llm = LLM(
+            model=model_path,
+            dtype=cfg.model.dtype,
+            enforce_eager=cfg.rollout.enforce_eager,
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            max_model_len=cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens + 8,
+            seed=cfg.train.seed + engine_index,
+            worker_extension_cls="actors.weights.WeightReceiver",
+        )
+        self.start_seconds = time.perf_counter() - started
+        self.weights_version = 0
+
+    def info(self) -> dict:
+        return {"engine": self.engine_index, "start_seconds": self.start_seconds, "version": self.weights_version}
+
+    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int], seed: int) -> Rollout:
+        """n samples for each prompt -> a Rollout with one entry per sample."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        r = self.cfg.rollout
+        params = [
+            SamplingParams(
+                n=r.n_samples,
+                max_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                logprobs=0,
+                seed=seed * 1_000_003 + idx,  # reproducible per (step, prompt)
+            )
+            for idx in prompt_index
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        parts: dict[str, list] = {k: [] for k in ("prompt_ids", "response_ids", "response_text",
+                                                  "rollout_logprobs", "prompt_index", "finish_reason")}
+        for ids, idx, out in zip(prompt_ids, prompt_index, outputs):
+            for sample in out.outputs:
+                tokens = list(sample.token_ids)
+                parts["prompt_ids"].append(list(ids))
+                parts["response_ids"].append(tokens)
+                parts["response_text"].append(sample.text)
+                parts["rollout_logprobs"].append([lp[t].logprob for t, lp in zip(tokens, sample.logprobs)])
+                parts["prompt_index"].append(idx)
+                parts["finish_reason"].append(str(sample.finish_reason))
+        return Rollout(**parts)
+
+    def load_weights(self, packet: WeightPacket) -> float:
+        """Swap in new policy weights without restarting the engine; returns seconds taken."""
+        started = time.perf_counter()
+        path = local_path(packet, self.run_id)
+        self.llm.collective_rpc("load_weights_from_file", args=(path,))
+        # Cached prefixes were computed with the old weights.
+        self.llm.reset_prefix_cache()
+        self.weights_version = packet.version
+        if packet.transport != "shm":
+            os.unlink(path)
+        return time.perf_counter() - started
+
+    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        """Engine logprobs of given responses (teacher forcing via prompt logprobs)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        seqs = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in zip(prompt_ids, response_ids)]
+        outputs = self.llm.generate(seqs, params, use_tqdm=False)
+        result = []
+        for p, r, out in zip(prompt_ids, response_ids, outputs):
+            entries = out.prompt_logprobs[len(p) :]  # entry i scores token i of the sequence
+            result.append([entry[t].logprob for t, entry in zip(r, entries)])
+        return result

@@ -24,6 +24,7 @@ Departures from the papers, on purpose:
     equals the textbook recursion.
   - `masked_whiten` uses the unbiased variance and zeroes padded positions.
   - REINFORCE++ whitens over the whole batch (as in the paper); no per-group baseline.
+  - PPO advantages from GAE are whitened over the batch (TRL, OpenRLHF); returns are not.
 """
 
 from __future__ import annotations
@@ -297,7 +298,10 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
 def _ppo(x: AdvantageInputs) -> tuple[Tensor, Tensor]:
     if x.values is None:
         raise ValueError("ppo (GAE) needs critic values")
-    return gae(x.token_rewards, x.values, x.mask, x.gamma, x.lam)
+    adv, returns = gae(x.token_rewards, x.values, x.mask, x.gamma, x.lam)
+    # Whitened over the batch as in TRL/OpenRLHF PPO: keeps the step size independent of the
+    # reward scale; the value targets (returns) stay unwhitened.
+    return masked_whiten(adv, x.mask), returns
 
 
 @register_advantage("grpo")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -50,7 +51,8 @@ def check_before_start(cfg: Config) -> tuple[str, str]:
 
 
 def run_training(cfg: Config, run_dir: Path | None = None, resume: bool = False,
-                 console: Console | None = None) -> Path:
+                 console: Console | None = None, on_step: Callable[[int, dict], None] | None = None) -> Path:
+    """Train per `cfg` in `run_dir`; `on_step(step, metrics)` is called after every step."""
     console = console or Console(stderr=True)
     model_path, ref_path = check_before_start(cfg)
     path = prepare_run_dir(cfg, run_dir, resume)
@@ -67,6 +69,8 @@ def run_training(cfg: Config, run_dir: Path | None = None, resume: bool = False,
             def progress(step: int, m: dict) -> None:
                 info = f"reward {m['reward/mean']:.3f}  kl {m['objective/kl']:.4f}  {m['timing/step']:.1f}s/step"
                 bar.update(task, completed=step, info=info)
+                if on_step is not None:
+                    on_step(step, m)
 
             trainer = Trainer(cfg, roles, path, tokenizer, progress)
             start_step = trainer.resume() if resume else 0

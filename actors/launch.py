@@ -81,11 +81,19 @@ class CheckedLearner(LearnerGroup):
         return _get("learner", [getattr(r, method).remote(s, *args) for r, s in zip(self.ranks, shards)])
 
 
+_STARTED_RAY = False  # True when this process started Ray (and so should stop it)
+_GROUPS: dict = {}  # run id -> placement group; removing it stops the run's actors
+
+
 def init_ray(cfg: Config) -> None:
+    """Join the configured cluster, or an already connected one (e.g. inside a Tune trial),
+    or start a local Ray."""
     import ray
 
+    global _STARTED_RAY
     if ray.is_initialized():
         return
+    _STARTED_RAY = True
     address = cfg.resources.address or os.environ.get("RAY_ADDRESS") or None
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("RLHF_", "HF_", "VLLM_", "DS_"))}}
     if address:
@@ -106,6 +114,7 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
     layout = placement.role_bundles(cfg)
     placement.check_fits(layout, ray.cluster_resources())
     pg = placement.reserve(layout)
+    _GROUPS[run_id] = pg
 
     def spawn(cls, role: str, index: int, *args):
         res = placement.actor_resources(cfg, role, layout)
@@ -137,6 +146,13 @@ def shutdown(run_id: str) -> None:
 
     from actors.weights import cleanup
 
+    global _STARTED_RAY
     cleanup(run_id)
-    if ray.is_initialized():
+    pg = _GROUPS.pop(run_id, None)
+    if pg is not None and ray.is_initialized():
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+    if _STARTED_RAY and ray.is_initialized():
         ray.shutdown()
+        _STARTED_RAY = False

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
@@ -18,25 +17,7 @@ from rlhf import algos
 from rlhf.batch import Experience
 from rlhf.config import Config
 from rlhf.models import load_causal_lm, load_critic, load_tokenizer, response_logprobs, token_values
-
-
-def ds_config(cfg: Config, micro: int, grad_accum: int, world_size: int) -> dict:
-    """The DeepSpeed config for one engine: ZeRO stage, precision, clipping, batch geometry."""
-    ds = cfg.learner.deepspeed
-    zero = {"stage": ds.zero_stage, "stage3_gather_16bit_weights_on_model_save": False}
-    if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu"}
-    return {
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": grad_accum,
-        "train_batch_size": micro * grad_accum * world_size,
-        "gradient_clipping": ds.gradient_clipping,
-        "zero_optimization": zero,
-        "bf16": {"enabled": ds.bf16},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 1_000_000,
-        "wall_clock_breakdown": False,
-    }
+from rlhf.zero import build_engine, engine_config, gather_full_state, save_hf
 
 
 def batch_geometry(cfg: Config) -> tuple[int, int]:
@@ -91,25 +72,11 @@ class LearnerRank:
         return self.partition_info()
 
     def _engine(self, build, lr: float, micro: int, accum: int):
-        import deepspeed
-        from transformers.integrations import HfDeepSpeedConfig
-
-        config = ds_config(self.cfg, micro, accum, self.world_size)
-        # Holding this object makes from_pretrained partition weights as it loads (ZeRO-3);
-        # wrapping from_pretrained in zero.Init() instead crashes in transformers 5.
-        hf_ds = HfDeepSpeedConfig(config)  # noqa: F841 - must stay alive while loading
-        model = build()
-        if self.cfg.model.lora.enabled:
-            from rlhf.models import apply_lora
-
-            model = apply_lora(model, self.cfg.model.lora)
-        params = [p for p in model.parameters() if p.requires_grad]
-        betas = tuple(self.cfg.learner.adam_betas)
-        optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=self.cfg.learner.weight_decay)
-        warmup = max(1, self.cfg.learner.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
-        return engine
+        ds, learner = self.cfg.learner.deepspeed, self.cfg.learner
+        config = engine_config(micro, accum, self.world_size, ds.zero_stage, ds.gradient_clipping, ds.bf16,
+                               ds.offload_optimizer)
+        return build_engine(build, config, lr, self.cfg.model.lora, learner.warmup_steps,
+                            tuple(learner.adam_betas), learner.weight_decay)
 
     # ------------------------------------------------------------------------- passes
 
@@ -168,21 +135,8 @@ class LearnerRank:
     # ------------------------------------------------------------------------- weights
 
     def _full_state(self, engine) -> dict | None:
-        """Gather ZeRO-3 partitions parameter by parameter (collective); rank 0 keeps a copy."""
-        import deepspeed
-
-        state = {}
-        for name, param in engine.module.named_parameters():
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                if self.rank == 0:
-                    state[name] = param.data.detach().to("cpu", copy=True)
-        if self.rank != 0:
-            return None
-        if self.cfg.model.lora.enabled:
-            from rlhf.models import merge_lora_state
-
-            state = merge_lora_state(state, self.cfg.model.lora.alpha / self.cfg.model.lora.r)
-        return state
+        """Collective gather; rank 0 gets the full state dict (LoRA merged), others None."""
+        return gather_full_state(engine.module, self.rank, self.cfg.model.lora)
 
     def publish_weights(self, transport: str):
         """Collective: gather the policy; rank 0 publishes a WeightPacket, others return None."""
@@ -238,13 +192,8 @@ class LearnerRank:
             return None
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        out = Path(out_dir)
         config = AutoConfig.from_pretrained(self.model_path)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        model.save_pretrained(out, state_dict=state, safe_serialization=True)
-        load_tokenizer(self.model_path).save_pretrained(out)
-        return str(out)
+        return str(save_hf(state, config, out_dir, load_tokenizer(self.model_path), AutoModelForCausalLM))
 
 
 class LearnerGroup:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rlhf.config import DATA_KINDS, ConfigError, field_docs, load_config
@@ -33,7 +34,7 @@ OVERRIDES_ARG = typer.Argument(None, help="Dotted overrides, e.g. algo.kl_coef=0
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -75,35 +76,91 @@ def train(
     out.print(str(path), soft_wrap=True)
 
 
-@app.command()
-def sft(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Supervised fine-tuning on QA pairs (DeepSpeed ZeRO-3 through Ray Train)."""
-    _load(config, overrides)
-    not_built("sft")
+OUT_OPT = typer.Option(None, "--out", help="Output folder (default runs/<train.name>/<stage>).")
+
+
+def _finetune(kind: str, cfg, out_path: Optional[Path], paths: Optional[list[str]] = None) -> None:
+    from rlhf import data
+    from rlhf.finetune import run_finetune
+    from rlhf.models import ModelError
+    from rlhf.stages import pair_job, sft_job
+
+    stage = getattr(cfg, kind)
+    base = stage.base_model or cfg.model.path
+    out_dir = out_path or Path("runs") / cfg.train.name / kind
+    try:
+        if kind == "sft":
+            job = sft_job(cfg, base, out_dir)
+        else:
+            sources = list(paths or []) or [p for p in [stage.data, *cfg.pipeline.human_feedback] if p]
+            job = pair_job(kind, cfg, base, sources, out_dir)
+    except (data.DataError, ModelError) as exc:
+        fail(str(exc))
+    with console.status(f"{kind}: training on {len(job.train)} examples with {stage.num_workers} ZeRO-3 workers"):
+        rows = run_finetune(job, cfg)
+    table = Table(title=f"{kind} validation")
+    keys = [k for k in rows[-1] if k.startswith("val/")]
+    for col in ["step", *keys]:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(str(row["step"]), *[f"{row[k]:.4f}" for k in keys])
+    out.print(table)
+    out.print(str(out_dir), soft_wrap=True)
 
 
 @app.command()
-def rm(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Train a reward model on preference pairs (Bradley-Terry)."""
-    _load(config, overrides)
-    not_built("rm")
+def sft(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG,
+        out_dir: Optional[Path] = OUT_OPT) -> None:
+    """Supervised fine-tuning on QA pairs (answer tokens only; DeepSpeed ZeRO-3 through Ray Train)."""
+    _finetune("sft", _load(config, overrides), out_dir)
 
 
 @app.command()
-def dpo(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Direct preference optimisation on preference pairs."""
-    _load(config, overrides)
-    not_built("dpo")
+def rm(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG,
+       pairs: Optional[list[str]] = typer.Option(None, help="Preference/ratings/rankings files (repeatable)."),
+       out_dir: Optional[Path] = OUT_OPT) -> None:
+    """Train a reward model on preference pairs (Bradley-Terry) through Ray Train."""
+    _finetune("rm", _load(config, overrides), out_dir, pairs)
+
+
+@app.command()
+def dpo(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG,
+        pairs: Optional[list[str]] = typer.Option(None, help="Preference/ratings/rankings files (repeatable)."),
+        out_dir: Optional[Path] = OUT_OPT) -> None:
+    """Direct preference optimisation on preference pairs, the offline alternative to RM + RL."""
+    _finetune("dpo", _load(config, overrides), out_dir, pairs)
 
 
 @app.command("eval")
 def evaluate(
-    model: Path = typer.Option(..., help="Model folder to evaluate."),
-    data: Path = typer.Option(..., help="Held-out QA file with reference answers."),
-    baseline: Optional[Path] = typer.Option(None, help="Baseline model folder to compare against."),
+    model: str = typer.Option(..., help="Model folder to evaluate (or `smollm2`, `tiny`)."),
+    data: Optional[str] = typer.Option(None, help="Held-out QA or prompts file with reference answers, "
+                                       "or gym:<task> (default: eval.data)."),
+    baseline: Optional[str] = typer.Option(None, help="Baseline model folder to compare against."),
+    out_dir: Path = typer.Option(Path("runs/eval"), "--out", help="Report folder."),
+    config: Optional[Path] = typer.Option(None, help="YAML config (eval and model sections)."),
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
 ) -> None:
-    """Evaluate a model on held-out questions and write a report."""
-    not_built("eval")
+    """Evaluate a model on held-out questions (accuracy, quality proxies, win rate and KL
+    against a baseline) and write report.md, report.json, answers.jsonl and plots."""
+    cfg = _load(config, overrides)
+    from rlhf.data import DataError
+    from rlhf.evaluate import evaluate as run_eval
+    from rlhf.models import ModelError
+    from rlhf.report import summary_rows
+
+    try:
+        result = run_eval(model, data or cfg.eval.data, out_dir, cfg, baseline=baseline)
+    except (DataError, ModelError) as exc:
+        fail(str(exc))
+    header, rows = summary_rows(result)
+    table = Table(title=f"{result['data']['source']} ({result['n']} questions)")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    out.print(table)
+    out.print(f"report: {result['files']['report.md']}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
@@ -127,16 +184,132 @@ def serve(
 @app.command()
 def tune(
     config: Path = CONFIG_ARG,
-    space: Path = typer.Option(..., help="Search space YAML over dotted config keys."),
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    space: Path = typer.Option(..., help="Search space YAML: dotted config keys -> Tune domains "
+                               "(loguniform, choice, grid_search, ...) or fixed values."),
+    trials: Optional[int] = typer.Option(None, help="Samples drawn from the space (tune.num_samples); "
+                                         "each sample covers every grid_search value."),
+    scheduler: Optional[str] = typer.Option(None, help="asha, pbt or fifo (tune.scheduler)."),
+    metric: Optional[str] = typer.Option(None, help="Metric to optimise, e.g. reward/mean (tune.metric)."),
+    mode: Optional[str] = typer.Option(None, help="max or min (tune.mode)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Sweep directory (default runs/<train.name>-sweep/)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted sweep in --run-dir; ended trials are kept."),
 ) -> None:
-    """Hyperparameter sweeps with Ray Tune."""
-    not_built("tune")
+    """Hyperparameter sweeps with Ray Tune: short RL trials, ASHA/PBT/FIFO, best config and plot."""
+    options = {"num_samples": trials, "scheduler": scheduler, "metric": metric, "mode": mode}
+    cfg = _load(config, [*(overrides or []), *(f"tune.{k}={v}" for k, v in options.items() if v is not None)])
+    from tune.sweep import SweepInterrupted, TrialsFailed, run_sweep
+
+    try:
+        result = run_sweep(cfg, space, run_dir=run_dir, resume=resume, console=console)
+    except ConfigError as exc:
+        fail(str(exc))
+    except SweepInterrupted as exc:
+        fail(str(exc), code=130)
+    except TrialsFailed as exc:
+        fail(str(exc), code=1)
+    out.print(str(result.best_config or result.run_dir), soft_wrap=True)
+
+
+ADDRESS_OPT = typer.Option(
+    None, help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS, an http "
+    "RAY_ADDRESS, else that one).")
 
 
 @app.command()
-def submit(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Submit a training run to a Ray cluster as a Ray job."""
-    not_built("submit")
+def submit(
+    config: Path = CONFIG_ARG,
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    address: Optional[str] = ADDRESS_OPT,
+    follow: bool = typer.Option(False, "--follow", help="Stream the job's log until it ends; exit 1 unless it succeeds."),
+    run_dir: Optional[str] = typer.Option(
+        None, help="Run directory on the node that runs the job; relative paths go under its home "
+        "directory (default ~/rlhf-runs/<job id>)."),
+    check_resources: bool = typer.Option(
+        True, help="Compare the run's CPUs/GPUs with the cluster's before submitting (skip it for a "
+        "cluster that will autoscale up)."),
+) -> None:
+    """Submit a training run (`rlhf train`) to a Ray cluster as a Ray job; prints the job id."""
+    from rlhf import jobs
+
+    submitted: list[str] = []
+
+    def say(job_id: str) -> None:
+        submitted.append(job_id)
+        typer.echo(job_id)
+
+    try:
+        rep = jobs.submit(config, overrides or [], address=address, follow=follow, run_dir=run_dir,
+                          check_resources=check_resources, say=say, write=lambda text: typer.echo(text, nl=False))
+    except (ConfigError, jobs.JobError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"stopped following; the job goes on (`rlhf jobs stop {submitted[0]}` stops it)" if submitted
+             else "interrupted before the job was submitted", code=130)
+    if not follow:
+        console.print(f"follow it with: rlhf jobs logs {rep.job_id} --follow", markup=False, soft_wrap=True)
+    else:
+        _job_outcome(rep)
+
+
+def _job_outcome(rep) -> None:
+    """Print how a followed job ended; exit 1 unless it succeeded."""
+    from rlhf.jobs import describe
+
+    if not rep.ok:
+        fail(describe(rep), code=1)
+    console.print(describe(rep), markup=False, highlight=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+jobs_app = typer.Typer(help="Follow and control runs submitted as Ray jobs.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+JOB_ID_ARG = typer.Argument(..., help="Job id, as printed by `rlhf submit`.")
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str = JOB_ID_ARG, address: Optional[str] = ADDRESS_OPT) -> None:
+    """A job's state, its run directory and, when it failed, its error and last log lines."""
+    from rlhf import jobs
+
+    try:
+        rep = jobs.status(job_id, address)
+    except jobs.JobError as exc:
+        fail(str(exc))
+    out.print(jobs.describe(rep), markup=False, highlight=False, soft_wrap=True)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: str = JOB_ID_ARG,
+    address: Optional[str] = ADDRESS_OPT,
+    follow: bool = typer.Option(False, "--follow", help="Stream until the job ends; exit 1 unless it succeeds."),
+) -> None:
+    """A job's log so far, or streamed to its end."""
+    from rlhf import jobs
+
+    try:
+        rep = jobs.logs(job_id, address, follow=follow, write=lambda text: typer.echo(text, nl=False))
+    except jobs.JobError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("stopped following; the job goes on", code=130)
+    if follow:
+        _job_outcome(rep)
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str = JOB_ID_ARG, address: Optional[str] = ADDRESS_OPT) -> None:
+    """Stop a running job (its actors and placement group go with it)."""
+    from rlhf import jobs
+
+    try:
+        was_running, rep = jobs.stop(job_id, address)
+    except jobs.JobError as exc:
+        fail(str(exc))
+    note = "stop requested" if was_running else "it had already finished"
+    out.print(f"{note}; job {rep.job_id}: {rep.status}", markup=False, highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- data
@@ -146,7 +319,7 @@ def submit(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES
 def data_validate(
     file: Path = typer.Argument(..., help="JSONL, Parquet or CSV file."),
     kind: str = typer.Option(..., help=f"One of: {', '.join(DATA_KINDS)}."),
-    out: Optional[Path] = typer.Option(None, help="Write the valid rows here (.parquet or .jsonl)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Write the valid rows here (.parquet or .jsonl)."),
     field: Optional[list[str]] = typer.Option(None, help="Column mapping FILE_NAME=OUR_NAME (repeatable)."),
 ) -> None:
     """Check a data file: keep good rows, quarantine bad ones with row number and reason."""
@@ -154,7 +327,7 @@ def data_validate(
 
     mapping = dict(item.split("=", 1) for item in field or [])
     try:
-        result = data.validate_file(file, kind, fields=mapping, out=out)
+        result = data.validate_file(file, kind, fields=mapping, out=out_file)
     except data.DataError as exc:
         fail(str(exc))
     summary = result.summary()
@@ -164,16 +337,29 @@ def data_validate(
     table.add_row(str(summary["rows"]), str(summary["valid"]), str(summary["quarantined"]))
     out.print(table)
     for reason, count in summary["reasons"].items():
-        out.print(f"  {count} x {reason}")
-    if summary.get("quarantine_file"):
-        out.print(f"quarantined rows: {summary['quarantine_file']}")
+        out.print(f"  {count} x {reason}", markup=False, highlight=False)
+    if result.quarantined:
+        # The same place data.validate_file wrote it.
+        qfile = (data.quarantine_path_for(out_file) if out_file
+                 else file.with_name(f"{file.stem}.{kind}.quarantine.jsonl"))
+        out.print(f"quarantined rows: {qfile}", soft_wrap=True, markup=False, highlight=False)
 
 
 @data_app.command("pairs")
-def data_pairs(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Generate k answers per question and judge them into preference pairs."""
-    _load(config, overrides)
-    not_built("data pairs")
+def data_pairs(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG,
+               model: Optional[str] = typer.Option(None, help="Model that answers (default model.path)."),
+               out_file: Path = typer.Option(Path("pairs.parquet"), "--out", help="Pairs file to write."),
+               ) -> None:
+    """Generate k answers per question and judge them against the reference into preference pairs."""
+    from rlhf import data
+    from rlhf.stages import generate_pairs
+
+    cfg = _load(config, overrides)
+    try:
+        info = generate_pairs(cfg, model or cfg.model.path, out_file)
+    except data.DataError as exc:
+        fail(str(exc))
+    out.print(f"{info['pairs']} pairs from {info['questions']} questions -> {info['file']}")
 
 
 # ----------------------------------------------------------------------------- models
@@ -192,7 +378,7 @@ def models_prepare(force: bool = typer.Option(False, help="Convert again even if
 @models_app.command("tiny")
 def models_tiny(
     out_dir: Path = typer.Argument(..., help="Folder to write."),
-    hidden_size: int = typer.Option(64),
+    hidden_size: int = typer.Option(128, help="Width; 2 heads, so 128 gives head_dim 64 (vLLM CPU attention supports it)."),
     layers: int = typer.Option(2),
     seed: int = typer.Option(0),
 ) -> None:
@@ -213,15 +399,21 @@ def config_show(
     docs: bool = typer.Option(False, "--docs", help="Also print every field's documentation."),
 ) -> None:
     """Print the resolved config, optionally with each field's documentation."""
-    import yaml
+    from rlhf.config import to_yaml
 
-    from rlhf.config import to_dict
-
-    cfg = _load(config, overrides) if config else load_config(None, overrides or [])
-    out.print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    overrides = list(overrides or [])
+    if config is not None and not config.exists() and "=" in str(config):
+        # `rlhf config show algo.kl_coef=0.1`: no file, only overrides.
+        config, overrides = None, [str(config), *overrides]
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    # Plain text: rich markup or wrapping would change the YAML.
+    typer.echo(to_yaml(cfg), nl=False)
     if docs:
         for key, doc in field_docs().items():
-            out.print(f"{key}: {doc}")
+            typer.echo(f"{key}: {doc}")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,44 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration that cannot work; the message names the field."""
+
+
+# PyYAML follows YAML 1.1: `1e-5` is a string (a float needs a dot), `yes/no/on/off` are
+# booleans and `2024-01-01` is a date. Config files and overrides read YAML 1.2 scalars instead,
+# so `learner.lr=1e-5` is a float and `model.system_prompt=no` is a string.
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_YAML11_ONLY = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] not in _YAML11_ONLY]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string that either YAML 1.1 or our loader would read as something else."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -242,6 +281,26 @@ class ServeConfig:
     """Output guard classifier folder; empty uses rule checks only."""
     guard_threshold: float = 0.5
     """Block when a guard classifier's unsafe probability exceeds this."""
+    guard_rules: list[str] = field(default_factory=lambda: ["length", "injection", "pii"])
+    """Rule checks to run: length (input), injection (input), pii (input and output)."""
+    max_prompt_chars: int = 8000
+    """The length rule blocks a question or conversation longer than this many characters."""
+    max_model_len: int = 2048
+    """Engine context window in tokens (prompt plus max_tokens), capped at the model's own."""
+    default_max_tokens: int = 128
+    """max_tokens when a request gives none (lowered to fit the context window)."""
+    ask_temperature: float = 0.0
+    """Sampling temperature for /ask (0 is greedy)."""
+    max_ongoing_requests: int = 128
+    """Requests one replica takes at once (Serve's max_ongoing_requests); vLLM batches them."""
+    target_ongoing_requests: float = 32.0
+    """Autoscaling target of in-flight requests per replica."""
+    cpus_per_replica: float = 1.0
+    """CPUs Ray reserves for each replica (its vLLM engine process comes on top)."""
+    health_check_period_s: float = 10.0
+    """Seconds between Serve's health checks of a replica (each asks the vLLM engine)."""
+    health_check_timeout_s: float = 30.0
+    """A health check slower than this marks the replica unhealthy; Serve replaces it."""
 
 
 @dataclass
@@ -283,6 +342,69 @@ class ResourcesConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    data: str = ""
+    """Training file for this stage (qa for SFT; preferences, ratings or rankings for RM/DPO),
+    or `gym:<task>` for generated QA pairs."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Column mapping from the file's names to ours."""
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed)."""
+    lr: float = 2e-5
+    """Learning rate (AdamW, linear warm-up then constant)."""
+    batch_size: int = 8
+    """Sequences (or pairs) per optimizer step, over all workers."""
+    micro_batch_size: int = 4
+    """Sequences (or pairs) per worker per forward pass."""
+    max_length: int = 256
+    """Tokens per sequence; longer ones are truncated (prompt from the left)."""
+    num_workers: int = 2
+    """Ray Train workers (DeepSpeed ranks)."""
+    zero_stage: int = 3
+    """DeepSpeed ZeRO stage for this stage."""
+    val_fraction: float = 0.1
+    """Held-out share for validation loss/accuracy, chosen by a hash of the question."""
+    base_model: str = ""
+    """Model to start from; empty means the previous stage's output (or model.path)."""
+    beta: float = 0.1
+    """DPO: strength of the implicit KL to the reference."""
+    lora: bool = False
+    """Train LoRA adapters (model.lora settings) and merge them into the export."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: no limit)."""
+
+
+@dataclass
+class EvalConfig:
+    data: str = ""
+    """Held-out QA file (or `gym:<task>`) with reference answers; never trained on."""
+    size: int = 200
+    """Questions generated for `gym:` sources."""
+    seed: int = 12345
+    """Seed for generated held-out questions (differs from data.seed so they are unseen)."""
+    max_new_tokens: int = 64
+    """Greedy answer length."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for 95% confidence intervals."""
+    reward_model: str = ""
+    """Reward model for the quality proxies and win rate; empty skips them."""
+
+
+@dataclass
+class PipelineConfig:
+    stages: list[str] = field(default_factory=lambda: ["sft", "pairs", "rm", "rl", "eval"])
+    """Stages to run in order: sft, pairs, rm, dpo, rl, eval."""
+    run_dir: str = "runs/pipeline"
+    """Where stage artifacts and summary.json go."""
+    pairs_k: int = 4
+    """Answers generated per question for preference pairs."""
+    pairs_questions: int = 256
+    """Questions used to build preference pairs."""
+    human_feedback: list[str] = field(default_factory=list)
+    """Extra ratings/rankings/preferences files merged into the pairs (kind from the columns)."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy model."""
@@ -306,6 +428,16 @@ class Config:
     """Hyperparameter sweeps."""
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     """Ray cluster and per-role resources."""
+    sft: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Supervised fine-tuning on QA pairs."""
+    rm: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=5e-5))
+    """Reward-model training on preference pairs (Bradley-Terry)."""
+    dpo: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(lr=1e-6))
+    """Direct preference optimisation on preference pairs."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """The end-to-end pipeline."""
 
 
 # ----------------------------------------------------------------------------- building
@@ -384,7 +516,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.field=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        _set_dotted(tree, key.strip(), _yaml_load(raw) if raw.strip() else "")
     return tree
 
 
@@ -412,7 +544,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = _yaml_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
@@ -425,8 +557,13 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def to_yaml(cfg: Any) -> str:
+    """YAML text that `load_config` reads back to an equal config."""
+    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+
+
 def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(to_yaml(cfg))
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:
@@ -471,6 +608,7 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that must fail before any actor starts."""
     _check(cfg.algo.name in ALGOS, "algo.name", f"expected one of {ALGOS}, got '{cfg.algo.name}'")
     _check(cfg.algo.kl_estimator in ("k1", "k2", "k3"), "algo.kl_estimator", "expected k1, k2 or k3")
+    _check(bool(cfg.model.path.strip()), "model.path", "is empty: set a folder, `smollm2`, `tiny` or a hub id")
     _check(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", "expected float32 or bfloat16")
     _check(cfg.rollout.backend in ("vllm", "hf"), "rollout.backend", "expected vllm or hf")
     _check(

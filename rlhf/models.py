@@ -48,6 +48,8 @@ def _is_hf_folder(path: Path) -> bool:
 
 def resolve_model_path(spec: str) -> str:
     """Turn a model spec into a local folder: `smollm2`, `tiny`, a folder, or a hub id."""
+    if not spec:
+        raise ModelError("model path is empty: set model.path to a folder, `smollm2` or `tiny`")
     if spec in ("smollm2", SMOLLM2_NAME):
         return str(prepare_smollm2())
     if spec == "tiny":
@@ -59,8 +61,6 @@ def resolve_model_path(spec: str) -> str:
         if not _is_hf_folder(path):
             raise ModelError(f"model folder {path} has no config.json (expected a Hugging Face folder)")
         return str(path.resolve())
-    if not spec:
-        raise ModelError("model path is empty: set model.path to a folder, `smollm2` or `tiny`")
     if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in spec:
         raise ModelError(f"model '{spec}' is not a local folder and no hub is reachable here")
     return spec  # a hub id; transformers resolves it where a hub is reachable

@@ -1,0 +1,147 @@
+"""Inputs of the supervised stages: QA pairs for SFT, preference pairs for RM/DPO, and
+`data pairs` (k generated answers per question, judged against the reference)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+from rlhf import data
+from rlhf.config import Config, FinetuneConfig
+from rlhf.finetune import FinetuneJob
+from rlhf.finetune_data import answer_example, pair_example, rm_pair_example
+from rlhf.models import load_tokenizer, resolve_model_path
+from rlhf.prompts import encode_prompt, render_prompt
+from rlhf.rewards import combine
+
+
+def heldout_questions(cfg: Config) -> set[str]:
+    """Questions of the evaluation set; training data drops them so they stay unseen."""
+    if not cfg.eval.data:
+        return set()
+    result = data.load_source(cfg.eval.data, "prompts", None, cfg.eval.size, cfg.eval.seed)
+    return {q.strip() for q in result.table.column("question").to_pylist()}
+
+
+def _without(table: pa.Table, column: str, excluded: set[str]) -> pa.Table:
+    if not excluded:
+        return table
+    keep = [q.strip() not in excluded for q in table.column(column).to_pylist()]
+    return table.filter(pa.array(keep))
+
+
+def sft_job(cfg: Config, base: str, out_dir: str | Path) -> FinetuneJob:
+    stage = cfg.sft
+    result = data.load_source(stage.data, "qa", stage.fields, cfg.data.gym_size, cfg.data.seed)
+    table = _without(result.table, "question", heldout_questions(cfg))
+    train, val = data.split(table, stage.val_fraction, seed=cfg.data.seed)
+    tok = load_tokenizer(base)
+
+    def encode(rows):
+        return [answer_example(tok, r["question"], r["answer"], stage.max_length, cfg.model.system_prompt,
+                               cfg.model.chat_template) for r in rows.to_pylist()]
+
+    return _job("sft", cfg, stage, base, out_dir, encode(train), encode(val))
+
+
+def guess_kind(path: str) -> str:
+    """preferences, ratings or rankings, from the columns of the file's first row."""
+    first = _first_row(path)
+    if "rating" in first:
+        return "ratings"
+    if "responses" in first:
+        return "rankings"
+    return "preferences"
+
+
+def _first_row(path: str) -> dict:
+    p = Path(path)
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return dict.fromkeys(pq.read_schema(p).names)
+    if p.suffix == ".csv":
+        return dict.fromkeys(p.open(encoding="utf-8", errors="replace").readline().strip().split(","))
+    with p.open("rb") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    return row if isinstance(row, dict) else {}
+                except ValueError:
+                    return {}
+    return {}
+
+
+def load_pairs(paths: list[str], fields: dict | None = None) -> pa.Table:
+    """Merge preference pairs from several files of any pair-making kind."""
+    tables = [data.to_pairs(data.load(p, guess_kind(p), fields)) for p in paths if p]
+    if not tables:
+        raise data.DataError("no preference data given")
+    return pa.concat_tables(tables)
+
+
+def pair_job(kind: str, cfg: Config, base: str, paths: list[str], out_dir: str | Path) -> FinetuneJob:
+    stage: FinetuneConfig = getattr(cfg, kind)
+    table = _without(load_pairs(paths, stage.fields), "prompt", heldout_questions(cfg))
+    train, val = data.split(table, stage.val_fraction, seed=cfg.data.seed)
+    tok = load_tokenizer(base)
+
+    def encode(rows):
+        if kind == "rm":  # the reward model reads the exchange exactly as the scorer shows it
+            return [rm_pair_example(tok, r["prompt"], r["chosen"], r["rejected"], stage.max_length, r["margin"])
+                    for r in rows.to_pylist()]
+        return [pair_example(tok, r["prompt"], r["chosen"], r["rejected"], stage.max_length, r["margin"],
+                             cfg.model.system_prompt, cfg.model.chat_template) for r in rows.to_pylist()]
+
+    return _job(kind, cfg, stage, base, out_dir, encode(train), encode(val))
+
+
+def _job(kind, cfg, stage, base, out_dir, train, val) -> FinetuneJob:
+    if len(val) < stage.num_workers:
+        raise data.DataError(f"{kind}: {len(val)} validation rows for {stage.num_workers} workers; raise "
+                             f"{kind}.val_fraction or add data")
+    return FinetuneJob(kind=kind, base_model=resolve_model_path(base), out_dir=str(out_dir), stage=stage,
+                       lora=cfg.model.lora, train=train, val=val, seed=cfg.train.seed)
+
+
+# ----------------------------------------------------------------------------- data pairs
+
+
+def generate_pairs(cfg: Config, model: str, out_path: str | Path, questions: int | None = None) -> dict:
+    """k sampled answers per question, judged with the rule rewards against the reference;
+    best-vs-worst becomes a preference pair when their scores differ."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    path = resolve_model_path(model)
+    result = data.load_source(cfg.data.train, "prompts", cfg.data.fields, cfg.data.gym_size, cfg.data.seed)
+    table = _without(result.table, "question", heldout_questions(cfg))
+    rows = table.to_pylist()[: questions or cfg.pipeline.pairs_questions]
+    tok = load_tokenizer(path)
+    prompts = [encode_prompt(tok, render_prompt(tok, r["question"], cfg.model.system_prompt, cfg.model.chat_template),
+                             cfg.model.max_prompt_tokens) for r in rows]
+    llm = LLM(model=path, dtype=cfg.model.dtype, enforce_eager=True, seed=cfg.train.seed,
+              max_model_len=cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens + 8)
+    params = SamplingParams(n=cfg.pipeline.pairs_k, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                            max_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
+    del llm
+    pairs = []
+    for row, out in zip(rows, outputs):
+        answers = [o.text.strip() for o in out.outputs]
+        scores = [combine(a, row.get("reference"), cfg.reward.rules, prompt=row["question"])[0] for a in answers]
+        best, worst = max(range(len(answers)), key=scores.__getitem__), min(range(len(answers)), key=scores.__getitem__)
+        if scores[best] > scores[worst] and answers[best] != answers[worst]:
+            pairs.append({"prompt": row["question"], "chosen": answers[best], "rejected": answers[worst],
+                          "margin": float(scores[best] - scores[worst])})
+    if not pairs:
+        raise data.DataError(f"none of {len(rows)} questions produced answers that the rules could tell apart")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data.save(pa.Table.from_pylist(pairs, schema=data.PAIRS_SCHEMA), out)
+    return {"questions": len(rows), "pairs": len(pairs), "file": str(out)}

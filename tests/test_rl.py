@@ -1,0 +1,150 @@
+"""End-to-end RL on tiny models: real Ray actors, a real vLLM engine, real DeepSpeed ZeRO-3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def rlhf(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("grpo") / "run"
+    proc = rlhf("train", "examples/tiny-grpo.yaml", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_grpo_reward_rises_and_run_dir_is_complete(grpo_run: Path):
+    rows = metrics(grpo_run)
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    first, last = mean(r["reward/mean"] for r in rows[:3]), mean(r["reward/mean"] for r in rows[-3:])
+    assert last > first + 0.05, (first, last)
+    for key in ("reward/mean", "objective/kl", "objective/entropy", "loss/policy", "timing/generate",
+                "timing/update", "timing/sync", "rollout/logprob_diff"):
+        assert key in rows[-1], key
+    assert (grpo_run / "config.yaml").is_file()
+    assert (grpo_run / "metrics.png").stat().st_size > 1000
+    assert any((grpo_run / "tensorboard").iterdir())
+    assert (grpo_run / "checkpoints" / "trainer_state.json").is_file()
+    assert (grpo_run / "model" / "model.safetensors").is_file()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(grpo_run / "model")
+
+
+def test_engine_and_learner_logprobs_agree_after_every_sync(grpo_run: Path):
+    diffs = [r["rollout/logprob_diff"] for r in metrics(grpo_run)]
+    assert max(diffs) < 1e-3, diffs
+    # The learner recomputes the behaviour logprobs vLLM reported while sampling.
+    assert max(r["rollout/behaviour_logprob_diff"] for r in metrics(grpo_run)) < 1e-3
+
+
+def test_resume_continues_from_the_checkpoint(grpo_run: Path):
+    proc = rlhf("train", "examples/tiny-grpo.yaml", "--run-dir", str(grpo_run), "--resume", "train.steps=14")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(grpo_run)
+    assert [r["step"] for r in rows] == list(range(1, 15))
+    state = json.loads((grpo_run / "checkpoints" / "trainer_state.json").read_text())
+    assert state["step"] == 14
+
+
+def test_rerun_without_resume_refuses_to_overwrite(grpo_run: Path):
+    proc = rlhf("train", "examples/tiny-grpo.yaml", "--run-dir", str(grpo_run))
+    assert proc.returncode == 2
+    assert "--resume" in proc.stderr
+
+
+def test_ppo_with_critic_reward_rises(tmp_path: Path):
+    run_dir = tmp_path / "ppo"
+    proc = rlhf("train", "examples/tiny-ppo.yaml", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(run_dir)
+    first, last = mean(r["reward/mean"] for r in rows[:3]), mean(r["reward/mean"] for r in rows[-3:])
+    assert last > first + 0.05, (first, last)
+    assert "loss/value" in rows[-1]
+
+
+def test_bad_configs_fail_before_any_actor_starts():
+    proc = rlhf("train", "examples/tiny-grpo.yaml", "rollout.n_samples=1", timeout=120)
+    assert proc.returncode == 2 and "rollout.n_samples" in proc.stderr
+    proc = rlhf("train", "examples/tiny-grpo.yaml", "train.prompts_per_step=3", "learner.num_ranks=2",
+                "rollout.n_samples=3", timeout=120)
+    assert proc.returncode == 2 and "train.prompts_per_step" in proc.stderr
+    proc = rlhf("train", "examples/tiny-grpo.yaml", "model.path=/nonexistent/model", timeout=120)
+    assert proc.returncode == 2 and "/nonexistent/model" in proc.stderr
+    proc = rlhf("train", "examples/tiny-grpo.yaml", "reward.rules={exact_matc: 1.0}", timeout=120)
+    assert proc.returncode == 2 and "exact_matc" in proc.stderr
+    proc = rlhf("train", "examples/tiny-grpo.yaml", "resources.use_gpu=true", timeout=300)
+    assert proc.returncode == 2 and "GPU" in proc.stderr and "resources" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- in-process driver
+
+
+@pytest.fixture(scope="module")
+def live_roles(tmp_path_factory):
+    """Real actors for checks that need to look inside them; one Ray session for all."""
+    from actors.launch import shutdown, start_roles
+    from rlhf.config import load_config
+    from rlhf.models import load_tokenizer, resolve_model_path
+
+    cfg = load_config(ROOT / "examples" / "tiny-grpo.yaml", ["train.steps=3", "train.save_every=0"])
+    path = resolve_model_path(cfg.model.path)
+    roles = start_roles(cfg, path, path, "pytest")
+    yield cfg, roles, load_tokenizer(path), tmp_path_factory.mktemp("live")
+    shutdown("pytest")
+
+
+def test_learner_parameters_are_partitioned(live_roles):
+    _, roles, _, _ = live_roles
+    info = roles.learner.partition_info()
+    assert len(info) == 2
+    full = info[0]["full"]
+    for rank in info:
+        assert rank["full"] == full
+        assert rank["local"] < 0.6 * full  # each rank holds about half
+    assert sum(r["local"] for r in info) >= full
+
+
+def test_resume_restores_step_optimizer_moments_and_data_position(live_roles):
+    from rlhf.loop import Trainer
+
+    cfg, roles, tokenizer, run_dir = live_roles
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    trainer = Trainer(cfg, roles, run_dir, tokenizer)
+    for _ in range(2):
+        trainer.rl_step()
+    trainer.save()
+    saved_moments = [roles.learner.ray.get(r.optimizer_fingerprint.remote()) for r in roles.learner.ranks]
+    saved_position = trainer.sampler.state_dict()
+    trainer.rl_step()  # moves everything past the checkpoint
+    assert trainer.sampler.state_dict() != saved_position
+
+    resumed = Trainer(cfg, roles, run_dir, tokenizer)
+    assert resumed.resume() == 2
+    moments = [roles.learner.ray.get(r.optimizer_fingerprint.remote()) for r in roles.learner.ranks]
+    assert moments == pytest.approx(saved_moments, rel=0, abs=0)
+    assert resumed.sampler.state_dict() == saved_position
+    assert resumed.step == 2

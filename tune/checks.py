@@ -1,0 +1,106 @@
+"""Checks that must fail before any trial starts: the metric and the room for concurrent trials.
+
+Pure functions of the config (no Ray), so they are tested without starting anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+from actors.placement import role_bundles
+from rlhf.config import Config, ConfigError
+
+TRIAL_BUNDLE = {"CPU": 1.0}  # the trial's own process: it runs the driver loop, the roles do the work
+
+# What every RL step reports, whatever the config: rlhf/loop.py `rl_step` (rollout metrics,
+# timers, samples/s, weight sync) and the learner's update stats (rlhf/algos.py policy_loss,
+# actors/learner.py update). `step` is added by the trial.
+ALWAYS_REPORTED = (
+    "step", "reward/mean", "reward/std", "objective/kl", "objective/kl_coef", "objective/entropy",
+    "rollout/response_length", "rollout/truncated_fraction", "rollout/behaviour_logprob_diff",
+    "perf/samples", "perf/tokens", "perf/samples_per_second", "perf/weight_load_seconds", "perf/lr",
+    "loss/policy", "loss/total", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+    "clip_ratio/dual_mean", "policy/approx_kl", "policy/ratio_mean",
+    "timing/generate", "timing/score", "timing/advantages", "timing/update", "timing/sync", "timing/step",
+)
+
+
+def reported_metrics(cfg: Config) -> set[str]:
+    """Every metric a run of `cfg` reports at each step."""
+    names = set(ALWAYS_REPORTED)
+    names |= {f"reward/{rule}" for rule in cfg.reward.rules}  # one component per rule reward
+    if cfg.reward.model_path:
+        names.add("reward/model")
+    if cfg.rollout.check_logprobs:
+        names.add("rollout/logprob_diff")
+    uses_reference = cfg.reference.enabled and cfg.algo.kl_coef > 0
+    if uses_reference and not cfg.algo.kl_in_reward:
+        names.add("loss/kl")  # the KL term sits in the loss only when it is not in the reward
+    if cfg.algo.name == "ppo":
+        names |= {"loss/value", "value/clipfrac", "value/mean"}  # only PPO has a critic
+    return names
+
+
+def check_metric(metric: str, configs: list[Config]) -> None:
+    """The metric must be reported by every trial, or the scheduler has nothing to compare."""
+    for cfg in configs:
+        names = reported_metrics(cfg)
+        if metric in names:
+            continue
+        close = difflib.get_close_matches(metric, sorted(names), n=1, cutoff=0.0)
+        everywhere = set.intersection(*(reported_metrics(c) for c in configs))
+        raise ConfigError(
+            f"tune.metric: no trial reports '{metric}' (algo.name={cfg.algo.name}); did you mean '{close[0]}'? "
+            f"Every trial reports: {', '.join(sorted(everywhere))}"
+        )
+
+
+def trial_bundles(cfg: Config) -> list[dict[str, float]]:
+    """The trial's placement group: its own bundle first, then the bundles its roles need
+    (actors/launch.py places the roles in these when it runs inside the trial)."""
+    return [dict(TRIAL_BUNDLE)] + role_bundles(cfg).bundles
+
+
+def trial_needs(configs: list[Config]) -> dict[str, float]:
+    """The most any one trial asks for, per resource."""
+    needs: dict[str, float] = {}
+    for cfg in configs:
+        totals: dict[str, float] = {}
+        for bundle in trial_bundles(cfg):
+            for resource, amount in bundle.items():
+                totals[resource] = totals.get(resource, 0.0) + amount
+        for resource, amount in totals.items():
+            needs[resource] = max(needs.get(resource, 0.0), amount)
+    return needs
+
+
+def room_for(needs: dict[str, float], available: dict[str, float]) -> int:
+    """How many trials of `needs` fit in `available` at once."""
+    fits = [math.floor(available.get(r, 0.0) / amount + 1e-9) for r, amount in needs.items() if amount > 0]
+    return min(fits) if fits else 0
+
+
+def local_cpus(cfg: Config, needs: dict[str, float], cores: int) -> float:
+    """Logical CPUs for a Ray this sweep starts itself. A trial's roles take turns (generate,
+    score, update), so one trial keeps about one core busy: room for one trial per core, unless
+    resources.num_cpus says otherwise."""
+    if cfg.resources.num_cpus:
+        return float(cfg.resources.num_cpus)
+    return needs.get("CPU", 1.0) * max(1, cores)
+
+
+def check_concurrency(cfg: Config, needs: dict[str, float], available: dict[str, float], where: str) -> int:
+    """Concurrent trials the resources allow; an error when not one fits or when
+    tune.max_concurrent asks for more. `where` names the resource pool for the message."""
+    room = room_for(needs, available)
+    per_trial = ", ".join(f"{amount:g} {r}" for r, amount in sorted(needs.items()))
+    have = ", ".join(f"{available.get(r, 0.0):g} {r}" for r in sorted(needs))
+    if room < 1:
+        raise ConfigError(f"resources: one trial needs {per_trial} (1 CPU for the trial, the rest for its roles) "
+                          f"but {where} has {have}; lower learner.num_ranks / rollout.num_engines or resources.*")
+    wanted = cfg.tune.max_concurrent
+    if wanted > room:
+        raise ConfigError(f"tune.max_concurrent={wanted}: each trial needs {per_trial} and {where} has {have}, "
+                          f"room for {room} at once; lower tune.max_concurrent (0 lets the resources decide)")
+    return wanted or room

@@ -1,0 +1,215 @@
+"""`rlhf tune`: a Ray Tune sweep whose trials are short RL runs of the config.
+
+Everything that can be wrong with the request (space keys, ranges, the metric, the room for
+concurrent trials, the run directory) fails before any trial starts. The sweep's run directory:
+
+    <run-dir>/
+      sweep.yaml  space.yaml     what was asked; a --resume must ask the same
+      tune/                      Ray Tune's experiment state (what Tuner.restore reads)
+      trials/<trial id>/         each trial's RL run directory (config, metrics, checkpoints, model)
+      summary.json  best_config.yaml  trials.png
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from rlhf.config import Config, ConfigError, dump_config, to_dict, to_yaml
+from tune import checks, report
+from tune.space import FIXED, Space, load_space, searched, to_tune_space, trial_config, variants
+from tune.trial import run_trial
+
+EXPERIMENT = "tune"  # Tune's experiment folder inside the sweep's run directory
+ENV_PREFIXES = ("RLHF_", "HF_", "VLLM_", "DS_")  # what trials on other nodes must see, as in `rlhf train`
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial ended; `--resume` continues it."""
+
+
+class TrialsFailed(RuntimeError):
+    """Some trials raised; the message names them. `--resume` retries them."""
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    rows: list[report.TrialRow]
+    best: report.TrialRow | None
+    best_config: Path | None
+
+
+def run_sweep(cfg: Config, space_path: str | Path, run_dir: str | Path | None = None, resume: bool = False,
+              console: Console | None = None) -> SweepResult:
+    """Check the request, run (or resume) the Tuner, and write the table, best config and plot."""
+    import ray
+
+    console = console or Console(stderr=True)
+    space = load_space(space_path, cfg)
+    configs = variants(space, cfg)
+    checks.check_metric(cfg.tune.metric, configs)
+    max_steps = max(c.train.steps for c in configs)
+    make_scheduler(cfg, space, max_steps)  # its errors too come before Ray starts
+    needs = checks.trial_needs(configs)
+    run_dir = Path(run_dir or Path("runs") / f"{cfg.train.name}-sweep").resolve()
+    prepare_run_dir(run_dir, cfg, space, Path(space_path), resume)
+    started = start_ray(cfg, needs)
+    try:
+        where = "this machine (one trial per core)" if started == "local" else "the Ray cluster"
+        concurrency = checks.check_concurrency(cfg, needs, ray.cluster_resources(), where)
+        console.print(f"sweep in {run_dir}: up to {concurrency} trial(s) at once, each {needs}")
+        results = fit(cfg, space, run_dir, concurrency, max_steps, resume)
+        unfinished = len(results) - results.num_terminated - results.num_errors
+        finished = ended_trials(run_dir / EXPERIMENT) if unfinished else None
+    finally:
+        if started:
+            ray.shutdown()
+    return summarise(cfg, space, run_dir, results, finished, console)
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config, space: Space, space_path: Path, resume: bool) -> None:
+    asked = run_dir / "sweep.yaml"
+    if resume and not asked.exists():
+        raise ConfigError(f"--resume: no sweep in {run_dir}")
+    if not resume and asked.exists():
+        raise ConfigError(f"{run_dir} already holds a sweep; pass --resume to continue it or choose another --run-dir")
+    if resume:
+        # Tune restores the trials it sampled; the config and space must be the ones they came from.
+        from rlhf.config import load_config
+
+        before = to_dict(load_config(asked))
+        changed = _changed_keys(before, to_dict(cfg))
+        if changed:
+            raise ConfigError(f"--resume: the config differs from the sweep's ({', '.join(changed)}); "
+                              f"resume with {asked}")
+        if load_space(run_dir / "space.yaml", cfg) != space:
+            raise ConfigError(f"--resume: {space_path} differs from the sweep's space ({run_dir / 'space.yaml'})")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, asked)
+    (run_dir / "space.yaml").write_text(space_path.read_text())
+
+
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += _changed_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def start_ray(cfg: Config, needs: dict[str, float]) -> str:
+    """Join the configured cluster, or start a local Ray sized to the trials that fit here.
+    -> "local", "cluster", or "" when Ray was already up (then it is not ours to stop)."""
+    import ray
+
+    if ray.is_initialized():
+        return ""
+    env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}}
+    address = cfg.resources.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+        return "cluster"
+    pool = {"CPU": checks.local_cpus(cfg, needs, os.cpu_count() or 1)}
+    room = checks.check_concurrency(cfg, needs, pool, "this machine (one trial per core)")
+    # Logical CPUs for exactly the trials wanted: Tune then never packs in more.
+    num_cpus = cfg.resources.num_cpus or math.ceil(needs.get("CPU", 1.0) * room)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=False)
+    return "local"
+
+
+def make_scheduler(cfg: Config, space: Space, max_steps: int):
+    """ASHA stops trials that trail at a rung; PBT copies the leaders' weights into the laggards
+    and perturbs their values; FIFO runs every trial to the end."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    t = cfg.tune
+    if t.grace_period < 1 or t.grace_period > max_steps:
+        raise ConfigError(f"tune.grace_period={t.grace_period} must be between 1 and train.steps={max_steps}")
+    if t.scheduler == "asha":
+        # Halving (not Tune's quartering) suits sweeps of a handful of trials.
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_steps, grace_period=t.grace_period,
+                             reduction_factor=2)
+    if t.scheduler == "pbt":
+        mutable = {k: p.to_tune() for k, p in space.items() if p.kind not in (FIXED, "grid_search")}
+        if not mutable:
+            raise ConfigError("tune.scheduler=pbt perturbs sampled values, and the space has only fixed values "
+                              "and grid_search; give some key a choice or a range (uniform, loguniform, ...)")
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=t.grace_period,
+                                       hyperparam_mutations=mutable)
+    return FIFOScheduler()
+
+
+def trial_resources(base: dict, config: dict):
+    """Each trial's placement group: its own bundle, then the bundles of its roles."""
+    from ray.tune import PlacementGroupFactory
+
+    return PlacementGroupFactory(checks.trial_bundles(trial_config(base, config)))
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id  # short and stable: the trial's run directory has the same name
+
+
+def fit(cfg: Config, space: Space, run_dir: Path, concurrency: int, max_steps: int, resume: bool):
+    from ray import tune
+
+    base = to_dict(cfg)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, trials_dir=str(run_dir / "trials")),
+        resources=functools.partial(trial_resources, base),
+    )
+    path = str(run_dir / EXPERIMENT)
+    if resume and tune.Tuner.can_restore(path):
+        # Finished trials stay finished; unfinished ones continue from their last checkpoint.
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+    tuner = tune.Tuner(
+        trainable,
+        param_space=to_tune_space(space),
+        tune_config=tune.TuneConfig(
+            metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=make_scheduler(cfg, space, max_steps),
+            num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrency, trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT, storage_path=str(run_dir),  # Tune wants an absolute path
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
+        ),
+    )
+    return tuner.fit()
+
+
+def ended_trials(experiment: Path) -> set[str]:
+    """Ids of the trials Tune ended (finished, stopped or failed), from its saved state."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(experiment))
+    return {t.trial_id for t in analysis.trials if t.status in ("TERMINATED", "ERROR")}
+
+
+def summarise(cfg: Config, space: Space, run_dir: Path, results, finished: set[str] | None,
+              console: Console) -> SweepResult:
+    metric, mode = cfg.tune.metric, cfg.tune.mode
+    rows = report.collect(results, to_dict(cfg), metric, finished)
+    # An interrupted sweep has no winner yet: no best config until every trial has ended.
+    best = report.best_row(rows, mode) if finished is None else None
+    best_path = report.write_outputs(run_dir, rows, to_dict(cfg), metric, mode, best)
+    table = report.table(rows, searched(space), metric, mode, best)
+    console.print(table)
+    if finished is not None:
+        left = sum(r.status == report.UNFINISHED for r in rows)
+        raise SweepInterrupted(f"sweep interrupted with {left} of {len(rows)} trials unfinished; "
+                               f"continue it with --resume --run-dir {run_dir}")
+    failed = [r for r in rows if r.status == report.ERROR]
+    if failed:
+        logs = ", ".join(str(run_dir / EXPERIMENT / r.trial) for r in failed)
+        raise TrialsFailed(f"{len(failed)} of {len(rows)} trials failed (logs: {logs}); --resume retries them")
+    return SweepResult(run_dir, rows, best, best_path)

@@ -37,9 +37,9 @@ class RolloutGroup:
     def __init__(self, engines: list):
         self.engines = engines
 
-    def generate(self, prompt_ids, prompt_index, seed) -> Rollout:
+    def generate(self, prompt_ids, prompt_index) -> Rollout:
         k = len(self.engines)
-        refs = [e.generate.remote(prompt_ids[i::k], prompt_index[i::k], seed) for i, e in enumerate(self.engines)]
+        refs = [e.generate.remote(prompt_ids[i::k], prompt_index[i::k]) for i, e in enumerate(self.engines)]
         return Rollout.concat(_get("rollout", refs)).sorted_by_prompt()
 
     def load_weights(self, packet) -> float:

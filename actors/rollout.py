@@ -12,13 +12,13 @@ import time
 from actors.weights import WeightPacket, local_path
 from rlhf.batch import Rollout
 from rlhf.config import Config
+from rlhf.models import vllm_engine_kwargs
 
 
 class RolloutActor:
     """One vLLM engine. Public methods: generate, load_weights, logprobs, info."""
 
     def __init__(self, cfg: Config, model_path: str, run_id: str, engine_index: int = 0):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gib))))
         if cfg.rollout.tensor_parallel_size == 1:
             # One process instead of three: the engine core runs inside this actor, which
             # starts in seconds on CPU and keeps collective_rpc a plain call.
@@ -27,39 +27,25 @@ class RolloutActor:
 
         self.cfg, self.run_id, self.engine_index = cfg, run_id, engine_index
         started = time.perf_counter()
-        self.llm = LLM(
-            model=model_path,
-            dtype=cfg.model.dtype,
-            enforce_eager=cfg.rollout.enforce_eager,
-            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-            max_model_len=cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens + 8,
-            seed=cfg.train.seed + engine_index,
-            worker_extension_cls="actors.weights.WeightReceiver",
-        )
+        kwargs = {**vllm_engine_kwargs(cfg), "seed": cfg.train.seed + engine_index}
+        self.llm = LLM(model=model_path, worker_extension_cls="actors.weights.WeightReceiver", **kwargs)
         self.start_seconds = time.perf_counter() - started
         self.weights_version = 0
 
     def info(self) -> dict:
         return {"engine": self.engine_index, "start_seconds": self.start_seconds, "version": self.weights_version}
 
-    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int], seed: int) -> Rollout:
+    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int]) -> Rollout:
         """n samples for each prompt -> a Rollout with one entry per sample."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         r = self.cfg.rollout
-        params = [
-            SamplingParams(
-                n=r.n_samples,
-                max_tokens=r.max_new_tokens,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                logprobs=0,
-                seed=seed * 1_000_003 + idx,  # reproducible per (step, prompt)
-            )
-            for idx in prompt_index
-        ]
+        # No per-request seeds: vLLM's CPU sampler cannot rewind seeded generators when a
+        # prefill is chunked ("CPU Generator does not use offset"); the engine seed keeps runs
+        # reproducible instead.
+        params = SamplingParams(n=r.n_samples, max_tokens=r.max_new_tokens, temperature=r.temperature,
+                                top_p=r.top_p, logprobs=0)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
         parts: dict[str, list] = {k: [] for k in ("prompt_ids", "response_ids", "response_text",
                                                   "rollout_logprobs", "prompt_index", "finish_reason")}

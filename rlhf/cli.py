@@ -164,10 +164,33 @@ def evaluate(
 
 
 @app.command()
-def pipeline(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+def pipeline(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG,
+             run_dir: Optional[Path] = typer.Option(None, help="Artifacts folder (default pipeline.run_dir).")) -> None:
     """SFT, preference pairs, reward model, RL, evaluation and export, as artifact stages."""
-    _load(config, overrides)
-    not_built("pipeline")
+    import json
+
+    from actors.driver import run_training
+    from rlhf.data import DataError
+    from rlhf.pipeline import Pipeline, StageError
+    from rlhf.pipeline_stages import runners
+
+    cfg = _load(config, overrides)
+    folder = run_dir or Path(cfg.pipeline.run_dir)
+    try:
+        Pipeline(cfg, folder, runners(run_training), log=console.print).run()
+    except (StageError, DataError, ConfigError) as exc:
+        fail(str(exc))
+    summary_path = folder / "summary.json"
+    if summary_path.exists():
+        s = json.loads(summary_path.read_text())
+        lo, hi = s["heldout_accuracy_diff_ci95"]
+        table = Table(title=f"held-out accuracy ({s['heldout_questions']} unseen questions)")
+        for col in ("before", "after", "difference", "95% CI"):
+            table.add_column(col, justify="right")
+        table.add_row(f"{s['heldout_accuracy_before']:.3f}", f"{s['heldout_accuracy_after']:.3f}",
+                      f"{s['heldout_accuracy_diff']:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]")
+        out.print(table)
+        out.print(f"report: {s['report']}\nfinal model: {s['final_model']}\nsummary: {summary_path}", soft_wrap=True)
 
 
 @app.command()

@@ -537,13 +537,28 @@ def split(table: pa.Table, val_fraction: float, seed: int = 0) -> tuple[pa.Table
 # ----------------------------------------------------------------------------- reasoning-gym
 
 
+def parse_gym_task(task: str) -> tuple[str, dict]:
+    """`chain_sum?min_terms=2&max_digits=2` -> ("chain_sum", {"min_terms": 2, "max_digits": 2})."""
+    import yaml
+
+    name, _, query = task.partition("?")
+    options = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise DataError(f"reasoning-gym task '{task}': option '{part}' must look like key=value")
+        options[key] = yaml.safe_load(value)
+    return name, options
+
+
 @lru_cache(maxsize=32)
 def _gym_dataset(task: str, size: int, seed: int):
     import reasoning_gym  # optional dependency; only `gym:` sources need it
 
+    name, options = parse_gym_task(task)
     try:
-        return reasoning_gym.create_dataset(task, size=size, seed=seed)
-    except (KeyError, ValueError) as exc:
+        return reasoning_gym.create_dataset(name, size=size, seed=seed, **options)
+    except (KeyError, ValueError, TypeError) as exc:
         raise DataError(f"reasoning-gym task '{task}': {exc}") from None
 
 

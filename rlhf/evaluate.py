@@ -131,7 +131,7 @@ def generate_answers(model_path: str, questions: Sequence[str], cfg: Config) -> 
 
     llm = LLM(model=model_path, dtype=cfg.model.dtype, enforce_eager=True,
               gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-              max_model_len=cfg.model.max_prompt_tokens + cfg.eval.max_new_tokens + 8, seed=cfg.train.seed)
+              max_model_len=cfg.model.max_prompt_tokens + cfg.eval.max_new_tokens + 8)
     try:
         params = SamplingParams(temperature=0.0, max_tokens=cfg.eval.max_new_tokens)
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
@@ -178,7 +178,7 @@ def same_vocabulary(path_a: str, path_b: str) -> bool:
 
 _REFUSAL = re.compile(
     r"\b(?:i(?:'m| am) (?:sorry|afraid|unable|not able)"
-    r"|i (?:can't|cannot|can not|won't|will not|am unable to|'m unable to) (?:help|assist|answer|provide|comply|do that)"
+    r"|i (?:can't|cannot|can not|won't|will not) (?:help|assist|answer|provide|comply|do that)"
     r"|as an ai\b|as a language model"
     r"|i (?:don't|do not) have (?:access|enough information|the ability)"
     r"|unable to (?:help|assist|answer|provide))",
@@ -384,7 +384,10 @@ def evaluate(model: str, data: str, out_dir: str | Path, cfg: Config, baseline: 
     base_path = resolve_model_path(str(baseline)) if baseline else None
     with _timer(timings, "generate"):
         gen = generate_answers(model_path, questions, cfg)
-        base_gen = generate_answers(base_path, questions, cfg) if base_path else None
+        base_gen = None
+        if base_path:
+            # Greedy decoding is deterministic: the same folder would answer the same again.
+            base_gen = gen if base_path == model_path else generate_answers(base_path, questions, cfg)
     extra, base_extra, kl = _model_passes(model_path, base_path, gen, base_gen, questions, cfg, timings)
     n_boot, seed = cfg.eval.bootstrap, cfg.eval.seed
     model_q, agg = score_answers(rows, gen.answers, gen.n_tokens, extra, n_boot, seed)

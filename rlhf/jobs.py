@@ -172,13 +172,18 @@ def cluster_capacity(address: str) -> tuple[dict[str, float], list[dict[str, flo
     """Total CPU/GPU of the cluster's live nodes, and each node's, through the State API."""
     from ray.util.state.api import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
+    from ray.util.state.exception import RayStateApiException
 
     address = resolve_address(address)
     headers = {"Content-Type": "application/json", **auth_headers()}
+    check_reachable(address, headers)
     options = ListApiOptions(detail=True, timeout=int(CONNECT_TIMEOUT_S * 2), filters=[("state", "=", "ALIVE")])
     with _translated(address):
-        api = StateApiClient(address=address, headers=headers)
-        nodes = api.list(StateResource.NODES, options=options, raise_on_missing_output=False)
+        try:
+            api = StateApiClient(address=address, headers=headers)
+            nodes = api.list(StateResource.NODES, options=options, raise_on_missing_output=False)
+        except RayStateApiException as exc:
+            raise JobError(f"could not list the nodes of the Ray cluster at {address}: {exc}") from None
     per_node = [dict(_get(n, "resources_total") or {}) for n in nodes]
     totals = {key: sum(n.get(key, 0.0) for n in per_node) for key in ("CPU", "GPU")}
     return totals, per_node
@@ -373,7 +378,8 @@ def describe(rep: JobReport) -> str:
     if rep.run_dir:
         lines.append(f"run directory (on the node that ran it): {rep.run_dir}")
     if rep.status == "FAILED":
-        first = rep.message.splitlines()[0] if rep.message else ""
+        # Ray's message repeats the log after its first line; the tail below shows that.
+        first = rep.message.splitlines()[0].split(", last available logs")[0] if rep.message else ""
         lines.append(rep.error or first or "failed without a message")
         if rep.error and first:
             lines.append(first)

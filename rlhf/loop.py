@@ -27,7 +27,7 @@ from rlhf.tracking import MetricsLog, Timer, plot_metrics
 
 
 class RolloutEngines(Protocol):
-    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int], seed: int) -> Rollout: ...
+    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int]) -> Rollout: ...
     def load_weights(self, packet: Any) -> float: ...
     def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]: ...
 
@@ -82,8 +82,7 @@ class Trainer:
         batch = self.prompts.batch(self.sampler.next_indices())
         # Fresh samples from the current policy; n per prompt, grouped by prompt.
         with timer("generate"):
-            rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))),
-                                                  seed=self.cfg.train.seed * 7919 + self.step)
+            rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))))
         exp = self.pack(rollout)
         # Reward, reference logprobs and the learner's own logprobs/values need only the
         # samples, not each other: run the three passes at once.

@@ -41,7 +41,8 @@ def summary_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the main table: each metric with its CI, and with a baseline the
     baseline's value and the difference with its paired CI; then win rate and KL."""
     base = result.get("baseline")
-    header = ["metric", "model", "baseline", "diff (model - baseline) [95% CI]"] if base else ["metric", "value", "95% CI"]
+    header = (["metric", "model", "baseline", "diff (model - baseline) [95% CI]"] if base
+              else ["metric", "value", "95% CI"])
     rows = []
     for name, label in LABELS.items():
         if result.get(name) is None and not (base and base.get(name) is not None):
@@ -80,7 +81,7 @@ def _markdown(result: dict, model_q: Sequence[dict], base_q: Sequence[dict] | No
     if result.get("baseline"):
         lines.append(f"- baseline: `{result['baseline']['model']}`")
     lines += [f"- data: `{data['source']}` ({data['evaluated']} questions evaluated; "
-              f"{data['quarantined']} rows quarantined, {data['skipped_no_reference']} without a reference)",
+              f"quarantined rows: {data['quarantined']}, rows without a reference: {data['skipped_no_reference']})",
               f"- greedy answers, at most {result['max_new_tokens']} new tokens; "
               f"95% intervals from {result['bootstrap']} bootstrap resamples over questions"
               + (" (paired for differences)" if result.get("baseline") else ""), "",
@@ -152,9 +153,11 @@ def write_report(result: dict, model_q: Sequence[dict], base_q: Sequence[dict] |
         for i, q in enumerate(model_q):
             row = dict(q)
             if base_q is not None:
-                row["baseline"] = {k: v for k, v in base_q[i].items() if k not in ("question", "reference", "choices")}
+                shared = ("question", "reference", "choices")
+                row["baseline"] = {k: v for k, v in base_q[i].items() if k not in shared}
             f.write(json.dumps(clean_json(row), ensure_ascii=False) + "\n")
     _plots(result, model_q, base_q, out)
     (out / "report.md").write_text(_markdown(result, model_q, base_q))
-    (out / "report.json").write_text(json.dumps(clean_json(result), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    text = json.dumps(clean_json(result), indent=2, ensure_ascii=False, allow_nan=False)
+    (out / "report.json").write_text(text + "\n")
     return files

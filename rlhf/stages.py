@@ -13,7 +13,7 @@ from rlhf import data
 from rlhf.config import Config, FinetuneConfig
 from rlhf.finetune import FinetuneJob
 from rlhf.finetune_data import answer_example, pair_example, rm_pair_example
-from rlhf.models import load_tokenizer, resolve_model_path
+from rlhf.models import load_tokenizer, resolve_model_path, vllm_engine_kwargs
 from rlhf.prompts import encode_prompt, render_prompt
 from rlhf.rewards import combine
 
@@ -125,10 +125,9 @@ def generate_pairs(cfg: Config, model: str, out_path: str | Path, questions: int
     tok = load_tokenizer(path)
     prompts = [encode_prompt(tok, render_prompt(tok, r["question"], cfg.model.system_prompt, cfg.model.chat_template),
                              cfg.model.max_prompt_tokens) for r in rows]
-    llm = LLM(model=path, dtype=cfg.model.dtype, enforce_eager=True, seed=cfg.train.seed,
-              max_model_len=cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens + 8)
+    llm = LLM(model=path, **vllm_engine_kwargs(cfg))
     params = SamplingParams(n=cfg.pipeline.pairs_k, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                            max_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
+                            max_tokens=cfg.rollout.max_new_tokens)  # engine seed; see actors/rollout.py
     outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
     del llm
     pairs = []

@@ -267,7 +267,8 @@ def test_eval_against_another_model_writes_the_report(e2e):
     diff = report["diff"]["accuracy"]
     assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and {"question", "reference", "answer", "accuracy", "win", "kl", "baseline"} <= set(rows[0])
+    assert len(rows) == 6
+    assert {"question", "reference", "answer", "accuracy", "win", "kl", "baseline"} <= set(rows[0])
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 
-from actors.placement import role_bundles
+from rlhf.resources import check_fits, role_bundles
 from rlhf.config import Config, ConfigError
 
 TRIAL_BUNDLE = {"CPU": 1.0}  # the trial's own process: it runs the driver loop, the roles do the work
@@ -44,16 +44,16 @@ def reported_metrics(cfg: Config) -> set[str]:
 
 def check_metric(metric: str, configs: list[Config]) -> None:
     """The metric must be reported by every trial, or the scheduler has nothing to compare."""
-    for cfg in configs:
-        names = reported_metrics(cfg)
-        if metric in names:
-            continue
-        close = difflib.get_close_matches(metric, sorted(names), n=1, cutoff=0.0)
-        everywhere = set.intersection(*(reported_metrics(c) for c in configs))
-        raise ConfigError(
-            f"tune.metric: no trial reports '{metric}' (algo.name={cfg.algo.name}); did you mean '{close[0]}'? "
-            f"Every trial reports: {', '.join(sorted(everywhere))}"
-        )
+    reported = [reported_metrics(cfg) for cfg in configs]
+    if all(metric in names for names in reported):
+        return
+    everywhere = sorted(set.intersection(*reported))
+    if any(metric in names for names in reported):
+        raise ConfigError(f"tune.metric: some trials of this space do not report '{metric}' (e.g. PPO-only or "
+                          f"KL-loss metrics); every trial reports: {', '.join(everywhere)}")
+    close = difflib.get_close_matches(metric, everywhere, n=1, cutoff=0.0)
+    raise ConfigError(f"tune.metric: no trial reports '{metric}'; did you mean '{close[0]}'? "
+                      f"Every trial reports: {', '.join(everywhere)}")
 
 
 def trial_bundles(cfg: Config) -> list[dict[str, float]]:
@@ -73,6 +73,16 @@ def trial_needs(configs: list[Config]) -> dict[str, float]:
         for resource, amount in totals.items():
             needs[resource] = max(needs.get(resource, 0.0), amount)
     return needs
+
+
+def check_nodes(configs: list[Config], nodes: list[dict[str, float]]) -> None:
+    """Each role bundle must fit on one node of the cluster (a bundle cannot span nodes)."""
+    totals: dict[str, float] = {}
+    for node in nodes:
+        for resource, amount in node.items():
+            totals[resource] = totals.get(resource, 0.0) + amount
+    for cfg in configs:
+        check_fits(role_bundles(cfg), totals, nodes)
 
 
 def room_for(needs: dict[str, float], available: dict[str, float]) -> int:

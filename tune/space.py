@@ -101,14 +101,21 @@ def _flatten(tree: dict, leaves: dict, source: str, prefix: str = "") -> dict[st
         elif isinstance(value, dict) and any(leaf.startswith(dotted + ".") for leaf in leaves):
             out.update(_flatten(value, leaves, source, dotted + "."))
         else:
-            close = difflib.get_close_matches(dotted, list(leaves), n=1, cutoff=0.0)
-            kind = "a section, not a field" if any(leaf.startswith(dotted + ".") for leaf in leaves) else "not a config field"
-            raise SpaceError(f"{source}: '{dotted}' is {kind}; did you mean '{close[0]}'? "
-                             "(`rlhf config show --docs` lists every field)")
+            raise SpaceError(_unknown(dotted, leaves, source))
     for dotted in out:
         if dotted.startswith("tune."):
             raise SpaceError(f"{source}: '{dotted}' configures the sweep itself and cannot be searched")
     return out
+
+
+def _unknown(dotted: str, leaves: dict, source: str) -> str:
+    sections = {leaf.rsplit(".", i)[0] for leaf in leaves for i in range(1, leaf.count(".") + 1)}
+    if dotted in sections:
+        fields = [leaf for leaf in leaves if leaf.startswith(dotted + ".")]
+        return f"{source}: '{dotted}' is a section, not a field; search one of its fields, e.g. '{fields[0]}'"
+    close = difflib.get_close_matches(dotted, [*leaves, *sections], n=1, cutoff=0.0)
+    return (f"{source}: '{dotted}' is not a config field; did you mean '{close[0]}'? "
+            "(`rlhf config show --docs` lists every field)")
 
 
 def parse_param(key: str, spec: Any, source: str = "space") -> Param:

@@ -51,6 +51,9 @@ def run_sweep(cfg: Config, space_path: str | Path, run_dir: str | Path | None = 
     import ray
 
     console = console or Console(stderr=True)
+    # Tune snapshots its state after every reported checkpoint (one per step here), which keeps
+    # --resume exact; its warning about snapshot frequency targets large experiments.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     space = load_space(space_path, cfg)
     configs = variants(space, cfg)
     checks.check_metric(cfg.tune.metric, configs)
@@ -58,11 +61,14 @@ def run_sweep(cfg: Config, space_path: str | Path, run_dir: str | Path | None = 
     make_scheduler(cfg, space, max_steps)  # its errors too come before Ray starts
     needs = checks.trial_needs(configs)
     run_dir = Path(run_dir or Path("runs") / f"{cfg.train.name}-sweep").resolve()
-    prepare_run_dir(run_dir, cfg, space, Path(space_path), resume)
+    check_run_dir(run_dir, cfg, space, Path(space_path), resume)
     started = start_ray(cfg, needs)
     try:
         where = "this machine (one trial per core)" if started == "local" else "the Ray cluster"
+        checks.check_nodes(configs, [n["Resources"] for n in ray.nodes() if n["Alive"]])
         concurrency = checks.check_concurrency(cfg, needs, ray.cluster_resources(), where)
+        if not resume:
+            record_request(run_dir, cfg, Path(space_path))
         console.print(f"sweep in {run_dir}: up to {concurrency} trial(s) at once, each {needs}")
         results = fit(cfg, space, run_dir, concurrency, max_steps, resume)
         unfinished = len(results) - results.num_terminated - results.num_errors
@@ -73,7 +79,8 @@ def run_sweep(cfg: Config, space_path: str | Path, run_dir: str | Path | None = 
     return summarise(cfg, space, run_dir, results, finished, console)
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config, space: Space, space_path: Path, resume: bool) -> None:
+def check_run_dir(run_dir: Path, cfg: Config, space: Space, space_path: Path, resume: bool) -> None:
+    """A new sweep needs a fresh directory; a resumed one the same config and space."""
     asked = run_dir / "sweep.yaml"
     if resume and not asked.exists():
         raise ConfigError(f"--resume: no sweep in {run_dir}")
@@ -90,9 +97,11 @@ def prepare_run_dir(run_dir: Path, cfg: Config, space: Space, space_path: Path, 
                               f"resume with {asked}")
         if load_space(run_dir / "space.yaml", cfg) != space:
             raise ConfigError(f"--resume: {space_path} differs from the sweep's space ({run_dir / 'space.yaml'})")
-        return
+
+
+def record_request(run_dir: Path, cfg: Config, space_path: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, asked)
+    dump_config(cfg, run_dir / "sweep.yaml")
     (run_dir / "space.yaml").write_text(space_path.read_text())
 
 

@@ -1,0 +1,142 @@
+"""`rlhf pipeline`: SFT -> preference pairs -> reward model -> (DPO) -> RL -> evaluation.
+
+Each stage writes an artifact folder with a `manifest.json` (inputs and their hashes, the
+config it ran with, metrics, seconds) that the next stage reads, the way teams hand a model to
+each other. A rerun skips a stage whose input fingerprint is unchanged. The RL stage runs Ray
+actors; its runner is handed in by the CLI so this module stays below the actor layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from rlhf.config import Config, ConfigError, to_dict
+from rlhf.models import resolve_model_path
+
+STAGES = ("sft", "pairs", "rm", "dpo", "rl", "eval")
+MODEL_STAGES = ("sft", "dpo", "rl")  # stages whose output is the next policy
+
+
+class StageError(RuntimeError):
+    """A stage cannot run: its input artifact is missing or from a different model."""
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_hash(path: str | Path) -> str:
+    """Hash of a file, or of every file in a folder (names and bytes)."""
+    p, h = Path(path), hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Artifact:
+    stage: str
+    folder: Path
+    manifest: dict
+
+    @property
+    def output(self) -> Path:
+        return self.folder / self.manifest["output"]
+
+
+class Pipeline:
+    """Runs the configured stages in order; `runners` maps stage name -> function."""
+
+    def __init__(self, cfg: Config, run_dir: Path, runners: dict[str, Callable], log: Callable[[str], None] = print):
+        unknown = [s for s in cfg.pipeline.stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"pipeline.stages: unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
+        self.cfg, self.run_dir, self.runners, self.log = cfg, Path(run_dir), runners, log
+        self.base_model = resolve_model_path(cfg.model.path)
+        self.artifacts: dict[str, Artifact] = {}
+
+    # ------------------------------------------------------------------------- lineage
+
+    def current_policy(self) -> str:
+        """The newest model-producing stage's output, else the base model."""
+        for stage in reversed(MODEL_STAGES):
+            if stage in self.artifacts:
+                return str(self.artifacts[stage].output)
+        return self.base_model
+
+    def need(self, stage: str, wanted: str) -> Artifact:
+        """The artifact `wanted` that `stage` reads; it must exist and descend from our model."""
+        art = self.artifacts.get(wanted) or self._load_existing(wanted)
+        if art is None:
+            raise StageError(f"stage '{stage}' needs the '{wanted}' artifact in {self.run_dir / wanted}, which "
+                             f"is missing; add '{wanted}' to pipeline.stages or run it first")
+        if art.manifest.get("base_model") != self.base_model:
+            raise StageError(f"stage '{stage}': the '{wanted}' artifact was made from "
+                             f"{art.manifest.get('base_model')}, but model.path is {self.base_model}")
+        return art
+
+    def _load_existing(self, stage: str) -> Artifact | None:
+        path = self.run_dir / stage / "manifest.json"
+        if not path.is_file():
+            return None
+        art = Artifact(stage, path.parent, json.loads(path.read_text()))
+        self.artifacts[stage] = art
+        return art
+
+    # ------------------------------------------------------------------------- running
+
+    def stage_inputs(self, stage: str) -> dict:
+        """What a stage depends on: its config and the hashes of the artifacts it reads."""
+        cfg = to_dict(self.cfg)
+        sections = {"sft": ["sft", "model", "data"], "pairs": ["pipeline", "reward", "rollout", "model", "data"],
+                    "rm": ["rm", "pipeline"], "dpo": ["dpo", "pipeline"],
+                    "rl": ["algo", "rollout", "learner", "reward", "reference", "train", "data", "model"],
+                    "eval": ["eval", "model"]}[stage]
+        inputs = {"config": {k: cfg[k] for k in sections}, "base_model": self.base_model}
+        for upstream in {"pairs": ["sft"], "rm": ["pairs"], "dpo": ["pairs", "sft"], "rl": ["sft", "dpo", "rm"],
+                         "eval": ["sft", "dpo", "rl"]}.get(stage, []):
+            if upstream in self.artifacts:
+                inputs[upstream] = self.artifacts[upstream].manifest["output_hash"]
+        return inputs
+
+    def run(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stage in self.cfg.pipeline.stages:
+            self.run_stage(stage)
+        return {s: a.manifest for s, a in self.artifacts.items()}
+
+    def run_stage(self, stage: str) -> Artifact:
+        folder = self.run_dir / stage
+        inputs = self.stage_inputs(stage)
+        key = fingerprint(inputs)
+        previous = self._load_existing(stage)
+        if previous and previous.manifest.get("fingerprint") == key and previous.output.exists():
+            self.log(f"[{stage}] inputs unchanged since {previous.manifest['finished']}: skipped")
+            return previous
+        self.log(f"[{stage}] running")
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        output, metrics = self.runners[stage](self, folder)
+        manifest = {"stage": stage, "fingerprint": key, "inputs": inputs, "base_model": self.base_model,
+                    "output": str(Path(output).relative_to(folder)), "output_hash": file_hash(output),
+                    "metrics": metrics, "seconds": round(time.perf_counter() - started, 1),
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        art = Artifact(stage, folder, manifest)
+        self.artifacts[stage] = art
+        self.log(f"[{stage}] done in {manifest['seconds']:.0f} s")
+        return art
+
+    def stage_config(self, **changes) -> Config:
+        """A copy of the config with some sections replaced (e.g. the policy path for RL)."""
+        return dataclasses.replace(self.cfg, **changes)

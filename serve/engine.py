@@ -1,0 +1,156 @@
+"""The replica's vLLM async engine: tokenize, check the context window, generate or stream.
+
+`AsyncLLM` runs the engine core in a child process (it needs multiprocessing; inside a Ray
+actor vLLM spawns it) and batches every request in flight on the replica together
+(continuous batching): concurrent HTTP requests share forward passes.
+
+Prompts are tokenized here with the model's tokenizer and handed to the engine as token ids, so
+the context-window check counts exactly the tokens the engine will see.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from rlhf.config import Config
+from serve.openai_api import ApiError
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _finish(reason) -> str:
+    return {"stop": "stop", "length": "length", None: "stop"}.get(reason, str(reason))
+
+
+def _engine_down(exc: Exception) -> ApiError:
+    return ApiError(503, f"the engine cannot take requests right now ({type(exc).__name__}); retry shortly",
+                    type="server_error", code="engine_unavailable")
+
+
+class QAEngine:
+    """One AsyncLLM plus its tokenizer. Public: encode_*, sampling, generate, stream, health."""
+
+    def __init__(self, model_path: str, cfg: Config):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gib))))
+        from transformers import AutoConfig, AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.cfg = cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model_max = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+        self.max_model_len = min(cfg.serve.max_model_len, model_max or cfg.serve.max_model_len)
+        started = time.perf_counter()
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(
+            model=model_path,
+            dtype=cfg.model.dtype,
+            enforce_eager=cfg.rollout.enforce_eager,
+            max_model_len=self.max_model_len,
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            seed=cfg.train.seed,
+        ))
+        self.start_seconds = time.perf_counter() - started
+
+    # ------------------------------------------------------------------ prompts
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return self.encode_text(text)
+
+    def encode_question(self, question: str) -> list[int]:
+        from rlhf.prompts import render_prompt
+
+        m = self.cfg.model
+        return self.encode_text(render_prompt(self.tokenizer, question, m.system_prompt, m.chat_template))
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    # ------------------------------------------------------------------ sampling
+
+    def sampling(self, req, n_prompt: int, param: str, temperature: float | None = None):
+        """SamplingParams for a request, after checking max_tokens and the context window."""
+        from vllm import SamplingParams
+
+        s = self.cfg.serve
+        asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
+        if asked is not None and not 1 <= asked <= s.max_tokens_limit:
+            raise ApiError(400, f"max_tokens must be between 1 and {s.max_tokens_limit}, got {asked}",
+                           param="max_tokens", code="invalid_value")
+        room = self.max_model_len - n_prompt
+        if room < 1:
+            raise ApiError(400, f"the prompt is {n_prompt} tokens; this model's context window is "
+                                f"{self.max_model_len} tokens", param=param, code="context_length_exceeded")
+        if asked is not None and asked > room:
+            raise ApiError(400, f"the prompt ({n_prompt} tokens) plus max_tokens ({asked}) is more than this "
+                                f"model's context window of {self.max_model_len} tokens",
+                           param="max_tokens", code="context_length_exceeded")
+        max_tokens = asked if asked is not None else min(s.default_max_tokens, room)
+        if req.min_tokens > max_tokens:
+            raise ApiError(400, f"min_tokens ({req.min_tokens}) is more than max_tokens ({max_tokens})",
+                           param="min_tokens", code="invalid_value")
+        temp = req.temperature if req.temperature is not None else (1.0 if temperature is None else temperature)
+        try:
+            return SamplingParams(
+                max_tokens=max_tokens, temperature=temp, top_p=1.0 if req.top_p is None else req.top_p,
+                stop=req.stop, seed=req.seed, presence_penalty=req.presence_penalty or 0.0,
+                frequency_penalty=req.frequency_penalty or 0.0, ignore_eos=req.ignore_eos,
+                min_tokens=req.min_tokens)
+        except ValueError as exc:
+            raise ApiError(400, f"invalid sampling parameters: {exc}", code="invalid_value") from None
+
+    # ------------------------------------------------------------------ generation
+
+    async def generate(self, ids: list[int], params, request_id: str) -> Generation:
+        """The whole answer at once (the engine sends only the final output)."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        final = None
+        try:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=request_id):
+                final = out
+        except Exception as exc:  # the engine died or refused: 503, and the health check notices
+            raise _engine_down(exc) from exc
+        sample = final.outputs[0]
+        return Generation(sample.text, _finish(sample.finish_reason), len(ids), len(sample.token_ids))
+
+    async def stream(self, ids: list[int], params, request_id: str) -> AsyncIterator[tuple[str, str | None, int]]:
+        """Yields (new text, finish reason or None, completion tokens so far). Closing the iterator
+        (a client that went away) aborts the request in the engine."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.DELTA
+        produced = 0
+        try:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=request_id):
+                sample = out.outputs[0]
+                produced += len(sample.token_ids)
+                yield sample.text, (_finish(sample.finish_reason) if out.finished else None), produced
+        except ApiError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, GeneratorExit):
+                raise
+            raise _engine_down(exc) from exc
+
+    async def check_health(self) -> None:
+        await self.llm.check_health()
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()

@@ -40,7 +40,7 @@ from typing import Sequence
 
 from rlhf.config import Config
 from rlhf.data import DataError, load_source
-from rlhf.models import load_causal_lm, load_tokenizer, resolve_model_path
+from rlhf.models import load_causal_lm, load_tokenizer, resolve_model_path, vllm_engine_kwargs
 from rlhf.prompts import encode_prompt, render_prompt
 from rlhf.rewards import choice, exact_match, token_f1
 
@@ -125,13 +125,10 @@ def generate_answers(model_path: str, questions: Sequence[str], cfg: Config) -> 
     prompt_ids = encode_questions(tok, questions, cfg)
     # One process: the engine core runs here instead of in spawned workers.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gib))))
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=model_path, dtype=cfg.model.dtype, enforce_eager=True,
-              gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-              max_model_len=cfg.model.max_prompt_tokens + cfg.eval.max_new_tokens + 8)
+    llm = LLM(model=model_path, **vllm_engine_kwargs(cfg, cfg.eval.max_new_tokens))
     try:
         params = SamplingParams(temperature=0.0, max_tokens=cfg.eval.max_new_tokens)
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)

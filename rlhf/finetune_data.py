@@ -12,6 +12,7 @@ import torch
 
 from rlhf.objectives import IGNORE
 from rlhf.prompts import render_prompt
+from rlhf.scoring import rm_text
 
 
 @dataclass
@@ -48,14 +49,6 @@ def pair_example(tokenizer, prompt: str, chosen: str, rejected: str, max_length:
         answer_example(tokenizer, prompt, rejected, max_length, system_prompt, chat_template),
         margin,
     )
-
-
-def rm_text(tokenizer, question: str, response: str) -> str:
-    """How a (question, response) exchange is shown to a reward model, in training and scoring."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": response}]
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-    return f"Question: {question}\nAnswer: {response}"
 
 
 def rm_pair_example(tokenizer, prompt: str, chosen: str, rejected: str, max_length: int,

@@ -1,0 +1,127 @@
+"""Supervised stages: losses by hand, and SFT / RM / DPO on tiny models through Ray Train."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf.config import load_config
+from rlhf.finetune_data import answer_example, pad_batch
+from rlhf.objectives import IGNORE, bradley_terry_loss, dpo_loss, sequence_logprob, sft_loss
+
+
+def test_sft_loss_counts_answer_tokens_only():
+    logits = torch.zeros(1, 4, 3)  # uniform over 3 tokens -> each token costs log 3
+    labels = torch.tensor([[IGNORE, IGNORE, 1, 2]])
+    loss, tokens = sft_loss(logits, labels)
+    assert tokens == 2
+    assert float(loss) == pytest.approx(math.log(3))
+    assert float(sequence_logprob(logits, labels)[0]) == pytest.approx(-2 * math.log(3))
+
+
+def test_bradley_terry_by_hand():
+    loss, acc = bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]))
+    expected = -(math.log(1 / (1 + math.exp(-2))) + math.log(1 / (1 + math.exp(1)))) / 2
+    assert float(loss) == pytest.approx(expected)
+    assert float(acc) == 0.5
+
+
+def test_dpo_by_hand():
+    loss, stats = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.5)
+    margin = 0.5 * ((-1 + 2) - (-3 + 2))  # = 1.0
+    assert stats["dpo/margin"] == pytest.approx(margin)
+    assert float(loss) == pytest.approx(-math.log(1 / (1 + math.exp(-margin))))
+
+
+def test_answer_example_masks_the_prompt(tiny_model_dir):
+    from rlhf.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    ex = answer_example(tok, "What is 2 plus 2?", "4", max_length=64)
+    answer = [t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE]
+    assert tok.decode(answer) == "4" + tok.eos_token
+    batch = pad_batch([ex, answer_example(tok, "Hi?", "Hello there", 64)], tok.pad_token_id)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+
+
+# ----------------------------------------------------------------------------- tiny runs
+
+
+def _cfg(tmp_path: Path, tiny_model_dir: str, *extra: str):
+    base = ["model.path=" + tiny_model_dir, "model.max_prompt_tokens=64", "data.train=gym:basic_arithmetic",
+            "data.gym_size=160", "train.name=t"]
+    for stage in ("sft", "rm", "dpo"):
+        base += [f"{stage}.batch_size=8", f"{stage}.micro_batch_size=4", f"{stage}.max_length=80",
+                 f"{stage}.num_workers=2", f"{stage}.val_fraction=0.2"]
+    return load_config(None, base + list(extra))
+
+
+def _synthetic_pairs(path: Path, n: int = 160) -> Path:
+    """A learnable preference: the correct number beats a wordy non-answer."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        rows.append({"prompt": f"What is {a} plus {b}? (#{i})", "chosen": f"The answer is {a + b}.",
+                     "rejected": rng.choice(["Because it is a river.", "Please explain the city.", "No, true false."])})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_sft_lowers_validation_loss(tmp_path, tiny_model_dir):
+    from rlhf.finetune import run_finetune
+    from rlhf.stages import sft_job
+
+    cfg = _cfg(tmp_path, tiny_model_dir, "sft.data=gym:basic_arithmetic", "sft.lr=0.002", "sft.epochs=1")
+    rows = run_finetune(sft_job(cfg, tiny_model_dir, tmp_path / "sft"), cfg)
+    assert rows[-1]["val/loss"] < rows[0]["val/loss"] - 0.5
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
+
+
+@pytest.mark.slow
+def test_reward_model_beats_chance_on_heldout_pairs(tmp_path, tiny_model_dir):
+    from rlhf.finetune import run_finetune
+    from rlhf.stages import pair_job
+
+    cfg = _cfg(tmp_path, tiny_model_dir, "rm.lr=0.002", "rm.epochs=2")
+    pairs = _synthetic_pairs(tmp_path / "pairs.jsonl")
+    job = pair_job("rm", cfg, tiny_model_dir, [str(pairs)], tmp_path / "rm")
+    rows = run_finetune(job, cfg)
+    assert rows[-1]["val/accuracy"] >= 0.8, rows
+    from rlhf.scoring import RewardModelScorer
+
+    scorer = RewardModelScorer(str(tmp_path / "rm"))
+    good, bad = scorer(["What is 3 plus 4?"] * 2, ["The answer is 7.", "Because it is a river."])
+    assert good > bad
+
+
+@pytest.mark.slow
+def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir):
+    from rlhf.finetune import run_finetune
+    from rlhf.stages import pair_job
+
+    cfg = _cfg(tmp_path, tiny_model_dir, "dpo.lr=0.001", "dpo.epochs=1", "dpo.beta=0.1")
+    pairs = _synthetic_pairs(tmp_path / "pairs.jsonl")
+    rows = run_finetune(pair_job("dpo", cfg, tiny_model_dir, [str(pairs)], tmp_path / "dpo"), cfg)
+    assert rows[0]["val/margin"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at the start
+    assert rows[-1]["val/margin"] > 0.5
+    assert rows[-1]["val/accuracy"] > 0.8
+
+
+def test_identical_chosen_and_rejected_rows_are_quarantined(tmp_path):
+    from rlhf.data import load
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a"}) + "\n"
+                    + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    result = load(path, "preferences")
+    assert result.table.num_rows == 1
+    assert "identical" in result.quarantined[0]["reason"]

@@ -195,13 +195,59 @@ def pipeline(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRID
 
 @app.command()
 def serve(
-    model: Path = typer.Option(..., help="Model folder to serve."),
+    model: str = typer.Option(..., help="Model folder to serve, or `tiny` / `smollm2`."),
     config: Optional[Path] = typer.Option(None, help="YAML config (serve section)."),
-    host: str = typer.Option("127.0.0.1", help="Bind address."),
-    port: int = typer.Option(8000, help="HTTP port."),
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    host: Optional[str] = typer.Option(None, help="Bind address (default serve.host, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="HTTP port (default serve.port, 8000)."),
 ) -> None:
-    """Serve the QA assistant on Ray Serve (OpenAI-compatible routes, /ask, feedback)."""
-    not_built("serve")
+    """Serve the QA assistant on Ray Serve (OpenAI-compatible routes, /ask, feedback) until Ctrl-C."""
+    from rlhf.models import ModelError
+
+    try:
+        cfg = load_config(config, overrides or [])
+    except ConfigError as exc:
+        fail(str(exc))
+    from serve.run import serve_forever
+
+    def ready(url: str) -> None:
+        console.print(f"serving [bold]{cfg.serve.model_name}[/] at {url} (Ctrl-C stops)", highlight=False)
+        out.print(url, soft_wrap=True)
+
+    try:
+        serve_forever(model, cfg, host or cfg.serve.host, port or cfg.serve.port, on_ready=ready)
+    except (ConfigError, ModelError, ValueError) as exc:
+        fail(str(exc))
+
+
+guard_app = typer.Typer(help="Guardrail classifiers of the QA endpoint.", no_args_is_help=True)
+app.add_typer(guard_app, name="guard")
+
+
+@guard_app.command("train")
+def guard_train(
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for input/ and output/ (default $RLHF_CACHE/guard)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder with prompts.jsonl and answers.jsonl (default: the shipped set)."),
+    epochs: int = typer.Option(6, help="Passes over the training rows."),
+) -> None:
+    """Train the input and output guard classifiers (MiniLM, safe/unsafe) on labelled examples."""
+    from rlhf.models import cache_dir
+    from serve.guard_train import DATA_DIR, train_guards
+
+    target = out_dir or cache_dir() / "guard"
+    with console.status("training guard classifiers on CPU"):
+        try:
+            reports = train_guards(target, data_dir or DATA_DIR, epochs=epochs)
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+    table = Table(title="guard classifiers")
+    for col in ("guard", "rows", "train acc", "held-out acc", "seconds"):
+        table.add_column(col, justify="left" if col == "guard" else "right")
+    for name, r in reports.items():
+        table.add_row(name, str(r["rows"]), f"{r['train_accuracy']:.2f}", f"{r['val_accuracy']:.2f}", str(r["seconds"]))
+    out.print(table)
+    out.print(f"set serve.input_guard={target / 'input'} serve.output_guard={target / 'output'}",
+              soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
@@ -270,7 +316,8 @@ def submit(
         fail(f"stopped following; the job goes on (`rlhf jobs stop {submitted[0]}` stops it)" if submitted
              else "interrupted before the job was submitted", code=130)
     if not follow:
-        console.print(f"follow it with: rlhf jobs logs {rep.job_id} --follow", markup=False, soft_wrap=True)
+        where = f" --address {address}" if address else ""
+        console.print(f"follow it with: rlhf jobs logs {rep.job_id} --follow{where}", markup=False, soft_wrap=True)
     else:
         _job_outcome(rep)
 
@@ -383,6 +430,26 @@ def data_pairs(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERR
     except data.DataError as exc:
         fail(str(exc))
     out.print(f"{info['pairs']} pairs from {info['questions']} questions -> {info['file']}")
+
+
+@data_app.command("feedback-export")
+def data_feedback_export(
+    db: Path = typer.Argument(..., help="Feedback SQLite file of the QA endpoint (serve.feedback_db)."),
+    out_dir: Path = typer.Argument(..., help="Folder for ratings.jsonl, preferences.jsonl, corrections.jsonl."),
+) -> None:
+    """Export endpoint feedback as ratings and preference pairs (for `rlhf rm` / `rlhf dpo`) and corrections (qa)."""
+    from serve.feedback import export_feedback
+
+    try:
+        written = export_feedback(db, out_dir)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    table = Table(title=f"feedback from {db}")
+    for col in ("file", "kind", "rows"):
+        table.add_column(col, justify="right" if col == "rows" else "left")
+    for info in written.values():
+        table.add_row(escape(info["path"]), info["kind"], str(info["rows"]))
+    out.print(table)
 
 
 # ----------------------------------------------------------------------------- models

@@ -68,11 +68,13 @@ def check_resources(cfg: Config) -> None:
               f"must be between 0 and 1 (one actor drives at most one GPU; got {value:g})")
     _need(cfg.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be at least 1")
     if not r.use_gpu:
-        for where, value in (("rollout.weight_sync", cfg.rollout.weight_sync), ("learner.backend", cfg.learner.backend)):
+        for where, value in (("rollout.weight_sync", cfg.rollout.weight_sync),
+                             ("learner.backend", cfg.learner.backend)):
             _need(value != "nccl", where, "nccl needs GPUs; set resources.use_gpu: true or use the default auto")
         return
-    _need(r.gpus_per_rollout > 0, "resources.gpus_per_rollout", "a vLLM engine needs a GPU when resources.use_gpu is true")
-    _need(r.gpus_per_learner > 0, "resources.gpus_per_learner", "a learner rank needs a GPU when resources.use_gpu is true")
+    on_gpu = "when resources.use_gpu is true"
+    _need(r.gpus_per_rollout > 0, "resources.gpus_per_rollout", f"a vLLM engine needs a GPU {on_gpu}")
+    _need(r.gpus_per_learner > 0, "resources.gpus_per_learner", f"a learner rank needs a GPU {on_gpu}")
     if cfg.rollout.tensor_parallel_size > 1:
         _need(r.gpus_per_rollout == 1, "resources.gpus_per_rollout",
               f"must be 1 with rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: "

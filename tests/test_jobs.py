@@ -8,6 +8,7 @@ which would stop every Ray on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -208,10 +209,9 @@ def _stop_head(proc: subprocess.Popen, temp: Path) -> None:
         family = []
     proc.send_signal(signal.SIGTERM)  # `ray start --block` then stops the processes it started
     _, alive = psutil.wait_procs(family, timeout=60)
-    for p in alive:
-        p.kill()
-    for p in psutil.process_iter(["cmdline"]):  # anything else naming our temp dir is ours too
-        if str(temp) in " ".join(p.info["cmdline"] or []):
+    strays = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+    for p in alive + strays:  # strays: anything else naming our temp dir is ours too
+        with contextlib.suppress(psutil.Error):
             p.kill()
 
 
@@ -309,7 +309,8 @@ def test_bad_configs_and_oversized_runs_are_refused_before_submission(ray_head):
     assert proc.returncode == 2 and "algo.name" in proc.stderr and "nope" in proc.stderr
     proc = rlhf("submit", TINY, "learner.num_ranks=8", "--address", ray_head, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert f"needs 11 CPU (rollout 1, learner 8, reward 0.5, reference 0.5, driver 1) but the Ray cluster has {HEAD_CPUS}" in flat(proc.stderr)
+    roles = "rollout 1, learner 8, reward 0.5, reference 0.5, driver 1"
+    assert f"needs 11 CPU ({roles}) but the Ray cluster has {HEAD_CPUS}" in flat(proc.stderr)
     proc = rlhf("submit", TINY, "resources.use_gpu=true", "--address", ray_head, timeout=120)
     assert proc.returncode == 2 and "needs 3 GPU (rollout 1, learner 2)" in flat(proc.stderr)
     assert job_ids(ray_head) == before

@@ -146,7 +146,8 @@ def test_check_fits_names_the_shortfall_and_the_roles():
 def test_check_fits_knows_a_bundle_cannot_span_nodes():
     lay = layout(*GPU, "rollout.tensor_parallel_size=8")
     four_gpu_nodes = [{"CPU": 48, "GPU": 4}] * 4
-    with pytest.raises(ConfigError, match="rollout bundle needs 1 CPU, 8 GPU on a single node.*most GPUs on one node: 4"):
+    message = "rollout bundle needs 1 CPU, 8 GPU on a single node.*most GPUs on one node: 4"
+    with pytest.raises(ConfigError, match=message):
         check_fits(lay, {"CPU": 192, "GPU": 16}, four_gpu_nodes)
     check_fits(lay, {"CPU": 96, "GPU": 16}, [{"CPU": 48, "GPU": 8}] * 2)
 

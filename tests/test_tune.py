@@ -16,7 +16,7 @@ import yaml
 
 from rlhf.config import ConfigError, load_config, to_dict
 from tune import checks, report
-from tune.space import SpaceError, load_space, parse_space, trial_config, variants
+from tune.space import SpaceError, load_space, parse_space, trial_config, trial_count, variants
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tiny-tune.yaml"
@@ -52,6 +52,7 @@ train.steps: 5
         "rollout.n_samples": "grid_search", "rollout.temperature": "quniform", "train.steps": "value"}
     assert space["learner.warmup_steps"].candidates() == [0, 2]  # randint excludes its upper bound
     assert space["rollout.n_samples"].candidates() == [2, 4]
+    assert trial_count(space, num_samples=3) == 6  # each sample covers the whole grid
 
 
 def test_space_builds_tune_domains(cfg):
@@ -236,11 +237,11 @@ def file_states(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float) -> None:
+def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert proc.poll() is None, f"the sweep exited early with {proc.returncode}"
-        assert time.monotonic() < deadline, "timed out waiting for the sweep"
+        assert proc.poll() is None, f"the sweep exited early with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for the sweep:\n{log.read_text()[-3000:]}"
         time.sleep(1)
 
 
@@ -257,7 +258,7 @@ def sweep(tmp_path_factory) -> dict:
     try:
         # The local Ray holds one trial, so Tune starts the second trial only once the first has
         # ended: a second trial run directory means the first is finished for Tune.
-        wait_for(lambda: len(list((run_dir / "trials").glob("*"))) >= 2, proc, timeout=900)
+        wait_for(lambda: len(list((run_dir / "trials").glob("*"))) >= 2, proc, root / "first.log", timeout=900)
         proc.send_signal(signal.SIGINT)
         interrupted_code = proc.wait(timeout=300)
     finally:

@@ -228,6 +228,15 @@ def to_tune_space(space: Space) -> dict[str, Any]:
     return {key: param.to_tune() for key, param in space.items()}
 
 
+def trial_count(space: Space, num_samples: int) -> int:
+    """Trials Tune creates: num_samples draws, each covering every grid_search combination."""
+    count = num_samples
+    for param in space.values():
+        if param.kind == "grid_search":
+            count *= len(param.args)
+    return count
+
+
 def searched(space: Space) -> list[str]:
     """Keys whose value differs between trials (the table's columns)."""
     return [key for key, param in space.items() if param.kind != FIXED]

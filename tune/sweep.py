@@ -20,9 +20,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rlhf.config import Config, ConfigError, dump_config, to_dict, to_yaml
+from rlhf.config import Config, ConfigError, dump_config, load_config, to_dict
 from tune import checks, report
-from tune.space import FIXED, Space, load_space, searched, to_tune_space, trial_config, variants
+from tune.space import FIXED, Space, load_space, searched, to_tune_space, trial_config, trial_count, variants
 from tune.trial import run_trial
 
 EXPERIMENT = "tune"  # Tune's experiment folder inside the sweep's run directory
@@ -71,12 +71,16 @@ def run_sweep(cfg: Config, space_path: str | Path, run_dir: str | Path | None = 
             record_request(run_dir, cfg, Path(space_path))
         console.print(f"sweep in {run_dir}: up to {concurrency} trial(s) at once, each {needs}")
         results = fit(cfg, space, run_dir, concurrency, max_steps, resume)
-        unfinished = len(results) - results.num_terminated - results.num_errors
-        finished = ended_trials(run_dir / EXPERIMENT) if unfinished else None
+        # Tune's saved state, not the returned grid: after Ctrl-C Tune stops the running trials
+        # (they look terminated in memory) but saves them as running, and it has not yet
+        # created the trials it had still to sample.
+        ended = ended_trials(run_dir / EXPERIMENT)
+        total = trial_count(space, cfg.tune.num_samples)
+        finished = None if len(ended) >= total else ended
     finally:
         if started:
             ray.shutdown()
-    return summarise(cfg, space, run_dir, results, finished, console)
+    return summarise(cfg, space, run_dir, results, finished, total, console)
 
 
 def check_run_dir(run_dir: Path, cfg: Config, space: Space, space_path: Path, resume: bool) -> None:
@@ -88,8 +92,6 @@ def check_run_dir(run_dir: Path, cfg: Config, space: Space, space_path: Path, re
         raise ConfigError(f"{run_dir} already holds a sweep; pass --resume to continue it or choose another --run-dir")
     if resume:
         # Tune restores the trials it sampled; the config and space must be the ones they came from.
-        from rlhf.config import load_config
-
         before = to_dict(load_config(asked))
         changed = _changed_keys(before, to_dict(cfg))
         if changed:
@@ -204,7 +206,7 @@ def ended_trials(experiment: Path) -> set[str]:
     return {t.trial_id for t in analysis.trials if t.status in ("TERMINATED", "ERROR")}
 
 
-def summarise(cfg: Config, space: Space, run_dir: Path, results, finished: set[str] | None,
+def summarise(cfg: Config, space: Space, run_dir: Path, results, finished: set[str] | None, total: int,
               console: Console) -> SweepResult:
     metric, mode = cfg.tune.metric, cfg.tune.mode
     rows = report.collect(results, to_dict(cfg), metric, finished)
@@ -214,8 +216,7 @@ def summarise(cfg: Config, space: Space, run_dir: Path, results, finished: set[s
     table = report.table(rows, searched(space), metric, mode, best)
     console.print(table)
     if finished is not None:
-        left = sum(r.status == report.UNFINISHED for r in rows)
-        raise SweepInterrupted(f"sweep interrupted with {left} of {len(rows)} trials unfinished; "
+        raise SweepInterrupted(f"sweep interrupted with {total - len(finished)} of {total} trials unfinished; "
                                f"continue it with --resume --run-dir {run_dir}")
     failed = [r for r in rows if r.status == report.ERROR]
     if failed:

@@ -1,0 +1,412 @@
+"""The QA endpoint: a Ray Serve application whose replicas each hold a vLLM async engine.
+
+Routes (FastAPI ingress):
+  POST /v1/chat/completions, POST /v1/completions   OpenAI-compatible, `stream: true` over SSE
+  POST /ask        {"question"} -> {"id", "answer", "finish_reason"}
+  POST /feedback   rating 1-5, thumbs, preferred of two, or a correction, by answer id
+  GET  /v1/models, GET /healthz (open), GET /metrics (open, Prometheus)
+  GET  /admin/stats, GET /admin/decisions?limit=N   (admin key)
+
+A request flows: key check -> JSON and field checks -> context-window check -> input guard ->
+engine -> output guard -> answer and guard decisions recorded in SQLite -> response. Client
+mistakes are 4xx with OpenAI's error body; a failing engine is a 503 and the replica's health
+check (which asks the engine) fails, so Serve replaces it.
+
+Start it with `rlhf serve --model PATH`, or `serve run serve/serve_config.yaml` /
+`serve deploy serve/serve_config.yaml` (import path `serve.app:build_app`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException
+
+from rlhf.config import Config, ConfigError, from_dict, load_config, to_dict
+from serve import metrics
+from serve.auth import KeyChecker
+from serve.engine import Generation, QAEngine
+from serve.feedback import AnswerRecord, FeedbackError, FeedbackStore
+from serve.guardrails import Decision, Guard
+from serve.openai_api import (SSE_DONE, ApiError, AskRequest, ChatCompletionRequest, CompletionRequest,
+                              FeedbackRequest, chat_chunk, chat_completion, completion, completion_chunk,
+                              parse_json, parse_model, sse, usage, usage_chunk)
+
+log = logging.getLogger("ray.serve")
+MAX_BODY_BYTES = 4 << 20
+
+api = FastAPI(title="rlhf QA endpoint", version="1")
+api.add_middleware(metrics.MetricsMiddleware)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError):
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException):
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": str(exc.status_code)}},
+                        status_code=exc.status_code)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    return JSONResponse(ApiError(400, f"invalid request: {exc.errors()[:3]}").body(), status_code=400)
+
+
+@dataclass
+class Job:
+    """One generation request, whichever route it came in on."""
+
+    id: str
+    route: str  # ask, chat or completions
+    prompt: str  # what gets recorded as the question
+    guard_text: str  # what the input guard reads
+    ids: list[int]
+    params: object  # vllm.SamplingParams
+    messages: list | None = None
+
+
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str
+    gen: Generation | None
+    guardrail: dict | None  # set when the guard refused
+
+
+class _StreamFormat:
+    """SSE events in the chunk format of chat completions or of completions."""
+
+    def __init__(self, rid: str, model: str, kind: str):
+        self.rid, self.model, self.kind, self.created = rid, model, kind, int(time.time())
+
+    def start(self) -> str:
+        if self.kind == "chat":
+            return sse(chat_chunk(self.rid, self.model, self.created, {"role": "assistant", "content": ""}, None))
+        return sse(completion_chunk(self.rid, self.model, self.created, "", None))
+
+    def delta(self, text: str) -> str:
+        if self.kind == "chat":
+            return sse(chat_chunk(self.rid, self.model, self.created, {"content": text}, None))
+        return sse(completion_chunk(self.rid, self.model, self.created, text, None))
+
+    def end(self, finish: str, guardrail: dict | None) -> str:
+        chunk = (chat_chunk(self.rid, self.model, self.created, {}, finish) if self.kind == "chat"
+                 else completion_chunk(self.rid, self.model, self.created, "", finish))
+        if guardrail:
+            chunk["guardrail"] = guardrail
+        return sse(chunk)
+
+    def usage(self, use: dict) -> str:
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        return sse(usage_chunk(self.rid, self.model, self.created, obj, use))
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+# Serve pickles the class when it is decorated: everything it uses must be defined above.
+@serve.deployment(name="qa")
+@serve.ingress(api)
+class QAServer:
+    def __init__(self, model_path: str, config: dict):
+        cfg = from_dict(config)
+        self.cfg, self.s = cfg, cfg.serve
+        self.auth = KeyChecker(self.s.api_keys, self.s.admin_keys)
+        self.guard = Guard(self.s)
+        self.store = FeedbackStore(self.s.feedback_db)
+        # One writer thread: SQLite commits (fsync) never block the event loop.
+        self.db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback-db")
+        self.engine = QAEngine(model_path, cfg)
+        log.info("QA replica ready: engine started in %.1f s", self.engine.start_seconds)
+
+    async def check_health(self) -> None:
+        """Serve calls this every health_check_period_s; raising marks the replica unhealthy."""
+        await self.engine.check_health()
+        await self._db(self.store.ping)
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+    # ------------------------------------------------------------------ routes
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        req = await self._parse(request, ChatCompletionRequest)
+        self._check_model(req.model)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        ids = self.engine.encode_chat(messages)
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        job = Job(_new_id("chatcmpl"), "chat", users[-1], "\n".join(users), ids,
+                  self.engine.sampling(req, len(ids), "messages"), messages)
+        if req.stream:
+            return self._sse(self._stream(job, "chat", req.stream_options))
+        ans = await self._answer(job)
+        return chat_completion(job.id, self.s.model_name, ans.text, ans.finish_reason, self._usage(job, ans), ans.guardrail)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        req = await self._parse(request, CompletionRequest)
+        self._check_model(req.model)
+        ids = self.engine.encode_text(req.prompt)
+        job = Job(_new_id("cmpl"), "completions", req.prompt, req.prompt, ids,
+                  self.engine.sampling(req, len(ids), "prompt"))
+        if req.stream:
+            return self._sse(self._stream(job, "completions", req.stream_options))
+        ans = await self._answer(job)
+        return completion(job.id, self.s.model_name, ans.text, ans.finish_reason, self._usage(job, ans), ans.guardrail)
+
+    @api.post("/ask")
+    async def ask(self, request: Request):
+        req = await self._parse(request, AskRequest)
+        if req.stream:
+            raise ApiError(400, "/ask does not stream; use /v1/chat/completions with stream: true", param="stream")
+        ids = self.engine.encode_question(req.question)
+        job = Job(_new_id("ans"), "ask", req.question, req.question, ids,
+                  self.engine.sampling(req, len(ids), "question", temperature=self.s.ask_temperature))
+        ans = await self._answer(job)
+        out = {"id": job.id, "answer": ans.text, "finish_reason": ans.finish_reason}
+        if ans.guardrail:
+            out["guardrail"] = ans.guardrail
+        return out
+
+    @api.post("/feedback")
+    async def feedback(self, request: Request):
+        req = await self._parse(request, FeedbackRequest)
+        fields = req.model_dump(exclude={"id"})
+        try:
+            rows = await self._db(self.store.add_feedback, req.id, **fields)
+        except FeedbackError as exc:
+            code = "answer_not_found" if exc.status == 404 else "invalid_value"
+            raise ApiError(exc.status, str(exc), param=exc.param, code=code) from None
+        kinds = [k for k, f in (("rating", "rating"), ("thumbs", "thumbs"), ("preference", "preferred"),
+                                ("correction", "correction")) if fields[f] is not None]
+        for kind in kinds:
+            metrics.FEEDBACK.labels(kind).inc()
+        return {"id": req.id, "stored": kinds, "rows": rows}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        self.auth.check(request.headers)
+        return {"object": "list", "data": [{"id": self.s.model_name, "object": "model", "created": 0,
+                                            "owned_by": "rlhf", "max_model_len": self.engine.max_model_len}]}
+
+    @api.get("/healthz")
+    async def healthz(self):
+        try:
+            await self.check_health()
+        except Exception as exc:  # report, do not raise: a probe wants a status code
+            return JSONResponse({"status": "unhealthy", "error": str(exc)}, status_code=503)
+        return {"status": "ok", "model": self.s.model_name}
+
+    @api.get("/metrics")
+    async def prometheus(self):
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @api.get("/admin/stats")
+    async def admin_stats(self, request: Request):
+        self.auth.check_admin(request.headers)
+        return await self._db(self.store.stats)
+
+    @api.get("/admin/decisions")
+    async def admin_decisions(self, request: Request):
+        self.auth.check_admin(request.headers)
+        raw = request.query_params.get("limit", "50")
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise ApiError(400, f"limit must be an integer 1-1000, got {raw!r}", param="limit")
+        return {"data": await self._db(self.store.recent_decisions, int(raw))}
+
+    # ------------------------------------------------------------------ the flow
+
+    async def _answer(self, job: Job) -> Answer:
+        """Input guard, engine, output guard, record: the whole non-streamed request."""
+        verdict = await self._guard(self.guard.check_input, job.guard_text, self.guard.input_model)
+        if not verdict.allowed:
+            return await self._refuse(job, [verdict])
+        gen = await self.engine.generate(job.ids, job.params, job.id)
+        out = await self._guard(self.guard.check_output, gen.text, self.guard.output_model)
+        if not out.allowed:
+            return await self._refuse(job, [verdict, out], gen)
+        ans = Answer(gen.text, gen.finish_reason, gen, None)
+        await self._record(job, ans, [verdict, out])
+        return ans
+
+    async def _stream(self, job: Job, kind: str, options) -> AsyncIterator[str]:
+        """SSE events of one streamed answer. Rules check the growing text; a hit ends the stream
+        with finish_reason content_filter. The output classifier judges the finished text."""
+        fmt = _StreamFormat(job.id, self.s.model_name, kind)
+        verdict = await self._guard(self.guard.check_input, job.guard_text, self.guard.input_model)
+        if not verdict.allowed:
+            ans = await self._refuse(job, [verdict])
+            yield fmt.delta(ans.text)
+            yield fmt.end("content_filter", ans.guardrail)
+            yield SSE_DONE
+            return
+        started, text, finish, produced, out = time.perf_counter(), "", "stop", 0, None
+        yield fmt.start()
+        async for delta, finished, produced in self.engine.stream(job.ids, job.params, job.id):
+            check = self.guard.output_rules(text[-64:] + delta)  # PII spans are short: a window suffices
+            if not check.allowed:
+                out, finish = check, "content_filter"
+                break
+            if delta:
+                if not text:
+                    metrics.FIRST_TOKEN.observe(time.perf_counter() - started)
+                text += delta
+                yield fmt.delta(delta)
+            finish = finished or finish
+        if out is None:
+            out = await self._guard(self.guard.check_output, text, self.guard.output_model)
+            finish = finish if out.allowed else "content_filter"
+        gen = Generation(text, finish, len(job.ids), produced)
+        ans = Answer(text if out.allowed else out.refusal, finish, gen, None if out.allowed else out.as_dict())
+        await self._record(job, ans, [verdict, out])
+        yield fmt.end(finish, ans.guardrail)
+        if options is not None and options.include_usage:
+            yield fmt.usage(self._usage(job, ans))
+        yield SSE_DONE
+
+    async def _refuse(self, job: Job, decisions: list[Decision], gen: Generation | None = None) -> Answer:
+        blocked = decisions[-1]
+        ans = Answer(blocked.refusal, "content_filter", gen, blocked.as_dict())
+        await self._record(job, ans, decisions)
+        return ans
+
+    async def _record(self, job: Job, ans: Answer, decisions: list[Decision]) -> None:
+        gen = ans.gen
+        rec = AnswerRecord(job.id, job.route, self.s.model_name, job.prompt, ans.text, ans.finish_reason,
+                           blocked=ans.guardrail["reason"] if ans.guardrail else None, messages=job.messages,
+                           prompt_tokens=len(job.ids), completion_tokens=gen.completion_tokens if gen else 0)
+        for d in decisions:
+            metrics.GUARD.labels(d.stage, d.reason).inc()
+        metrics.TOKENS.labels("prompt").inc(rec.prompt_tokens)
+        metrics.TOKENS.labels("completion").inc(rec.completion_tokens)
+        await self._db(self.store.record_answer, rec, decisions)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _parse(self, request: Request, model):
+        self.auth.check(request.headers)
+        return parse_model(model, parse_json(await request.body(), MAX_BODY_BYTES))
+
+    def _check_model(self, name: str) -> None:
+        if name != self.s.model_name:
+            raise ApiError(404, f"model '{name}' does not exist; this server serves '{self.s.model_name}'",
+                           param="model", code="model_not_found")
+
+    async def _guard(self, check, text: str, classifier) -> Decision:
+        # Rules are microseconds; a classifier forward pass runs off the event loop.
+        return await asyncio.to_thread(check, text) if classifier is not None else check(text)
+
+    async def _db(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self.db_pool, lambda: fn(*args, **kwargs))
+
+    @staticmethod
+    def _usage(job: Job, ans: Answer) -> dict:
+        return usage(len(job.ids), ans.gen.completion_tokens if ans.gen else 0)
+
+    @staticmethod
+    def _sse(events: AsyncIterator[str]) -> StreamingResponse:
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def check_serve_config(cfg: Config) -> None:
+    """Serve-section checks that must fail before a replica starts."""
+    s = cfg.serve
+
+    def need(ok: bool, where: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"serve.{where}: {message}")
+
+    need(bool(s.model_name), "model_name", "must not be empty")
+    need(s.num_replicas >= 1, "num_replicas", "must be at least 1")
+    need(s.autoscale_max == 0 or 0 <= s.autoscale_min <= s.autoscale_max, "autoscale_min",
+         f"must be between 0 and autoscale_max ({s.autoscale_max})")
+    need(1 <= s.default_max_tokens <= s.max_tokens_limit, "default_max_tokens",
+         f"must be between 1 and max_tokens_limit ({s.max_tokens_limit})")
+    need(s.max_model_len >= 2, "max_model_len", "must be at least 2")
+    need(0.0 < s.guard_threshold < 1.0, "guard_threshold", "must be between 0 and 1")
+    need(s.max_prompt_chars >= 1, "max_prompt_chars", "must be at least 1")
+    need(s.max_ongoing_requests >= 1, "max_ongoing_requests", "must be at least 1")
+    need(s.target_ongoing_requests > 0, "target_ongoing_requests", "must be positive")
+    need(bool(s.feedback_db), "feedback_db", "must name a file")
+    for name in ("input_guard", "output_guard"):
+        folder = getattr(s, name)
+        need(not folder or (Path(folder) / "config.json").is_file(), name,
+             f"{folder} is not a classifier folder (train one with `rlhf guard train`)")
+    unknown = set(s.guard_rules) - {"length", "injection", "pii"}
+    need(not unknown, "guard_rules", f"unknown rule(s) {sorted(unknown)}; valid: length, injection, pii")
+
+
+def deployment_options(cfg: Config) -> dict:
+    s = cfg.serve
+    opts = {"max_ongoing_requests": s.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": s.cpus_per_replica},
+            "health_check_period_s": s.health_check_period_s,
+            "health_check_timeout_s": s.health_check_timeout_s,
+            "graceful_shutdown_timeout_s": 10}
+    if s.autoscale_max > 0:
+        opts["autoscaling_config"] = {"min_replicas": s.autoscale_min, "max_replicas": s.autoscale_max,
+                                      "initial_replicas": max(1, s.autoscale_min),
+                                      "target_ongoing_requests": s.target_ongoing_requests}
+    else:
+        opts["num_replicas"] = s.num_replicas
+    return opts
+
+
+def app_for(model: str, cfg: Config):
+    """The bound Serve application for a model spec (folder, `tiny`, `smollm2`) and a config.
+
+    Relative paths (feedback DB, guard folders) are made absolute here, where they were meant;
+    replicas may run in another working directory."""
+    from rlhf.models import resolve_model_path
+
+    s = dataclasses.replace(
+        cfg.serve,
+        feedback_db=str(Path(cfg.serve.feedback_db).expanduser().resolve()),
+        input_guard=str(Path(cfg.serve.input_guard).expanduser().resolve()) if cfg.serve.input_guard else "",
+        output_guard=str(Path(cfg.serve.output_guard).expanduser().resolve()) if cfg.serve.output_guard else "")
+    cfg = dataclasses.replace(cfg, serve=s)
+    check_serve_config(cfg)
+    model_path = resolve_model_path(model)
+    return QAServer.options(**deployment_options(cfg)).bind(model_path, to_dict(cfg))
+
+
+def build_app(args: dict):
+    """Entry point of `serve run` / `serve deploy` (import path serve.app:build_app).
+
+    args: model (folder, `tiny` or `smollm2`; required), config (YAML file, optional),
+    overrides (list of dotted overrides such as serve.num_replicas=2, optional)."""
+    args = dict(args or {})
+    unknown = set(args) - {"model", "config", "overrides"}
+    if unknown:
+        raise ConfigError(f"unknown application args {sorted(unknown)} (valid: model, config, overrides)")
+    if not isinstance(args.get("model"), str) or not args["model"]:
+        raise ConfigError("application args: 'model' (a model folder, tiny or smollm2) is required")
+    overrides = args.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise ConfigError("application args: 'overrides' must be a list like ['serve.num_replicas=2']")
+    cfg = load_config(args.get("config") or None, [str(o) for o in overrides])
+    return app_for(args["model"], cfg)

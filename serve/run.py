@@ -1,0 +1,72 @@
+"""`rlhf serve`: start (or join) Ray, start Serve on host:port, deploy the QA app, wait for Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from rlhf.config import Config
+
+APP_NAME = "rlhf-qa"
+
+
+def start_ray(cfg: Config) -> bool:
+    """Join the configured cluster (resources.address or RAY_ADDRESS), else start a local Ray.
+    Returns True when this call started Ray (so the caller stops it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.resources.address or os.environ.get("RAY_ADDRESS") or ""
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    # "local" never attaches to another Ray that happens to run on this machine.
+    num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(cfg.serve.num_replicas * cfg.serve.cpus_per_replica + 0.999))
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def start(model: str, cfg: Config, host: str, port: int) -> tuple[str, bool]:
+    """Deploy the app; returns (base URL, whether Ray was started here) once replicas are ready."""
+    from ray import serve
+
+    from serve.app import app_for
+
+    application = app_for(model, cfg)  # config errors surface before Ray starts
+    started_ray = start_ray(cfg)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
+    except BaseException:
+        stop(started_ray)
+        raise
+    return f"http://{host}:{port}", started_ray
+
+
+def stop(started_ray: bool) -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def serve_forever(model: str, cfg: Config, host: str, port: int, on_ready=print) -> None:
+    """Run until Ctrl-C or SIGTERM; then shut Serve (and a Ray started here) down."""
+    import signal
+
+    url, started_ray = start(model, cfg, host, port)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        on_ready(url)
+        while not done.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(started_ray)

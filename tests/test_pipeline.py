@@ -1,0 +1,67 @@
+"""The pipeline as artifact stages: manifests, lineage checks, reruns that skip finished work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf.config import load_config
+from rlhf.pipeline import Pipeline, StageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_stage_whose_input_artifact_is_missing_names_it(tmp_path, tiny_model_dir):
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", "pipeline.stages=[rm]"])
+    pipe = Pipeline(cfg, tmp_path, runners={})
+    with pytest.raises(StageError, match="'pairs' artifact"):
+        pipe.need("rm", "pairs")
+
+
+def test_an_artifact_from_another_model_is_refused(tmp_path, tiny_model_dir):
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "manifest.json").write_text(json.dumps(
+        {"stage": "pairs", "base_model": "/some/other/model", "output": "pairs.parquet", "output_hash": "x"}))
+    cfg = load_config(None, [f"model.path={tiny_model_dir}"])
+    with pytest.raises(StageError, match="/some/other/model"):
+        Pipeline(cfg, tmp_path, runners={}).need("rm", "pairs")
+
+
+def test_unknown_stage_is_a_config_error(tmp_path, tiny_model_dir):
+    from rlhf.config import ConfigError
+
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", "pipeline.stages=[sft, polish]"])
+    with pytest.raises(ConfigError, match="polish"):
+        Pipeline(cfg, tmp_path, runners={})
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
+    run_dir = tmp_path / "pipe"
+    cmd = [sys.executable, "-m", "rlhf.cli", "pipeline", "examples/tiny-pipeline.yaml", "--run-dir", str(run_dir)]
+    env = {**os.environ, "COLUMNS": "200"}
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("heldout_accuracy_before", "heldout_accuracy_after", "heldout_accuracy_diff_ci95"):
+        assert key in summary
+    assert len(summary["heldout_accuracy_diff_ci95"]) == 2
+    for stage in ("sft", "pairs", "rm", "rl", "eval"):
+        manifest = json.loads((run_dir / stage / "manifest.json").read_text())
+        assert manifest["inputs"] and manifest["output_hash"] and manifest["seconds"] >= 0
+    assert (run_dir / "eval" / "report.md").is_file()
+    assert "held-out accuracy" in first.stdout
+
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stderr.count("skipped") == 5, again.stderr[-3000:]
+
+    changed = subprocess.run(cmd + ["eval.max_new_tokens=6"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=900, env=env)
+    assert changed.returncode == 0, changed.stderr[-4000:]
+    assert changed.stderr.count("skipped") == 4  # only the stage whose inputs changed reran

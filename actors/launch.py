@@ -70,17 +70,6 @@ class ReferenceClient(AsyncHandle):
         return self.call("logprobs", *args)
 
 
-class CheckedLearner(LearnerGroup):
-    """LearnerGroup whose failures name the learner role."""
-
-    def _all(self, method, *args):
-        return _get("learner", [getattr(r, method).remote(*args) for r in self.ranks])
-
-    def _sharded(self, method, exp, *args):
-        shards = exp.chunk(len(self.ranks))
-        return _get("learner", [getattr(r, method).remote(s, *args) for r, s in zip(self.ranks, shards)])
-
-
 _STARTED_RAY = False  # True when this process started Ray (and so should stop it)
 _GROUPS: dict = {}  # run id -> placement group; removing it stops the run's actors
 
@@ -136,7 +125,7 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
         rollout=RolloutGroup(engines),
         reward=RewardClient("reward", reward, pool),
         reference=ReferenceClient("reference", reference, pool) if reference is not None else None,
-        learner=CheckedLearner(ranks, transport),
+        learner=LearnerGroup(ranks, transport, get=lambda refs: _get("learner", refs)),
         num_ranks=cfg.learner.num_ranks,
     )
 

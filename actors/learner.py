@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
 
 import torch
 
@@ -197,20 +198,24 @@ class LearnerRank:
 
 
 class LearnerGroup:
-    """Fans calls out to all ranks with equal shards; futures let the driver overlap passes."""
+    """Fans calls out to all ranks with equal shards; futures let the driver overlap passes.
 
-    def __init__(self, ranks: list, transport: str):
+    `get` resolves Ray object refs (ray.get by default; the launcher passes one that names the
+    role when an actor fails)."""
+
+    def __init__(self, ranks: list, transport: str, get: Callable | None = None):
         import ray
 
         self.ray, self.ranks, self.transport = ray, ranks, transport
+        self.get = get or ray.get
         self.pool = ThreadPoolExecutor(max_workers=4)
 
     def _all(self, method: str, *args) -> list:
-        return self.ray.get([getattr(r, method).remote(*args) for r in self.ranks])
+        return self.get([getattr(r, method).remote(*args) for r in self.ranks])
 
     def _sharded(self, method: str, exp: Experience, *args) -> list:
         shards = exp.chunk(len(self.ranks))
-        return self.ray.get([getattr(r, method).remote(s, *args) for r, s in zip(self.ranks, shards)])
+        return self.get([getattr(r, method).remote(s, *args) for r, s in zip(self.ranks, shards)])
 
     def forward_async(self, exp: Experience) -> Future:
         def run() -> dict:

@@ -275,6 +275,8 @@ def tune(
         fail(str(exc))
     except SweepInterrupted as exc:
         fail(str(exc), code=130)
+    except KeyboardInterrupt:  # before Tune took over Ctrl-C: no trial has started
+        fail("interrupted before the sweep started", code=130)
     except TrialsFailed as exc:
         fail(str(exc), code=1)
     out.print(str(result.best_config or result.run_dir), soft_wrap=True)

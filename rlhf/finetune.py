@@ -199,8 +199,6 @@ def _optimizer_step(job, engine, items, micro, pad_id, refs) -> dict:
 def run_finetune(job: FinetuneJob, cfg: Config) -> list[dict]:
     """Run `job` on Ray Train; returns the validation rows (also in out_dir/metrics.jsonl)."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     if len(job.train) < job.stage.num_workers * geometry(job.stage)[0] * geometry(job.stage)[1]:
         raise ValueError(f"{job.kind}: {len(job.train)} training examples are fewer than one batch "
@@ -208,18 +206,32 @@ def run_finetune(job: FinetuneJob, cfg: Config) -> list[dict]:
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
-    if not ray.is_initialized():
+    started_ray = not ray.is_initialized()
+    if started_ray:
         ray.init(num_cpus=max(os.cpu_count() or 1, job.stage.num_workers + 1), include_dashboard=False,
                  log_to_driver=False)
+    try:
+        result = _fit(job, cfg, out)
+    finally:
+        if started_ray:
+            ray.shutdown()  # the next stage sizes its own local Ray
+    if result.error:
+        raise RuntimeError(f"{job.kind} training failed: {result.error}")
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _fit(job: FinetuneJob, cfg: Config, out: Path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=job.stage.num_workers, use_gpu=cfg.resources.use_gpu,
                                      resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="nccl" if cfg.resources.use_gpu else "gloo"),
-        run_config=RunConfig(name=f"{job.kind}-{int(time.time())}", storage_path=str((out / "ray").resolve())),
+        # Ray Train's own records go beside the export, which stays a clean HF folder.
+        run_config=RunConfig(name=f"{job.kind}-{int(time.time())}",
+                             storage_path=str((out.parent / ".ray-train").resolve())),
     )
-    result = trainer.fit()
-    if result.error:
-        raise RuntimeError(f"{job.kind} training failed: {result.error}")
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return trainer.fit()

@@ -179,6 +179,33 @@ def test_scheduler_errors(cfg):
         make_scheduler(cfg, grid, 6)
 
 
+def test_resumed_asha_remembers_the_rungs_of_ended_trials(tmp_path):
+    from types import SimpleNamespace
+
+    from pyarrow.fs import LocalFileSystem
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from tune.schedulers import ResumableASHA
+
+    def trial(name: str, status: str, values: list[float]):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"training_iteration": i + 1, "m": v} for i, v in enumerate(values)]
+        (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return SimpleNamespace(trial_id=name, status=status, path=str(folder),
+                               storage=SimpleNamespace(storage_filesystem=LocalFileSystem()),
+                               run_metadata=SimpleNamespace(last_result=rows[-1] if rows else {}))
+
+    kwargs = dict(metric="m", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    for cls, expected in ((ResumableASHA, TrialScheduler.STOP), (ASHAScheduler, TrialScheduler.CONTINUE)):
+        asha = cls(**kwargs)
+        asha.on_trial_add(None, trial(f"{cls.__name__}-done", Trial.TERMINATED, [8.0, 8.0, 8.0, 8.0]))
+        new = trial(f"{cls.__name__}-new", Trial.PENDING, [])
+        asha.on_trial_add(None, new)
+        assert asha.on_trial_result(None, new, {"training_iteration": 1, "m": 2.0}) == expected, cls
+
+
 def test_run_dir_must_be_new_unless_resuming(cfg, tmp_path):
     from tune.sweep import check_run_dir, record_request
 

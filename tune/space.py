@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,13 @@ def load_space(path: str | Path, cfg: Config) -> Space:
     return parse_space(tree, cfg, source=p.name)
 
 
+@functools.cache
+def _leaves() -> dict[str, str]:
+    return field_docs()  # reads the config's source: worth doing once
+
+
 def parse_space(tree: dict, cfg: Config, source: str = "space") -> Space:
-    leaves = field_docs()
+    leaves = _leaves()
     space = {key: parse_param(key, spec, source) for key, spec in _flatten(tree, leaves, source).items()}
     check_values(space, cfg)
     return space

@@ -64,7 +64,7 @@ def run_sweep(cfg: Config, space_path: str | Path, run_dir: str | Path | None = 
     check_run_dir(run_dir, cfg, space, Path(space_path), resume)
     started = start_ray(cfg, needs)
     try:
-        where = "this machine (one trial per core)" if started == "local" else "the Ray cluster"
+        where = "the local Ray" if started == "local" else "the Ray cluster"
         checks.check_nodes(configs, [n["Resources"] for n in ray.nodes() if n["Alive"]])
         concurrency = checks.check_concurrency(cfg, needs, ray.cluster_resources(), where)
         if not resume:
@@ -130,8 +130,10 @@ def start_ray(cfg: Config, needs: dict[str, float]) -> str:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
         return "cluster"
-    pool = {"CPU": checks.local_cpus(cfg, needs, os.cpu_count() or 1)}
-    room = checks.check_concurrency(cfg, needs, pool, "this machine (one trial per core)")
+    cores = os.cpu_count() or 1
+    pool = {"CPU": checks.local_cpus(cfg, needs, cores)}
+    where = f"this machine ({cores} cores, one trial per core unless resources.num_cpus says otherwise)"
+    room = checks.check_concurrency(cfg, needs, pool, where)
     # Logical CPUs for exactly the trials wanted: Tune then never packs in more.
     num_cpus = cfg.resources.num_cpus or math.ceil(needs.get("CPU", 1.0) * room)
     ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=False)
@@ -141,14 +143,16 @@ def start_ray(cfg: Config, needs: dict[str, float]) -> str:
 def make_scheduler(cfg: Config, space: Space, max_steps: int):
     """ASHA stops trials that trail at a rung; PBT copies the leaders' weights into the laggards
     and perturbs their values; FIFO runs every trial to the end."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import FIFOScheduler, PopulationBasedTraining
+
+    from tune.schedulers import ResumableASHA
 
     t = cfg.tune
     if t.grace_period < 1 or t.grace_period > max_steps:
         raise ConfigError(f"tune.grace_period={t.grace_period} must be between 1 and train.steps={max_steps}")
     if t.scheduler == "asha":
         # Halving (not Tune's quartering) suits sweeps of a handful of trials.
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_steps, grace_period=t.grace_period,
+        return ResumableASHA(time_attr="training_iteration", max_t=max_steps, grace_period=t.grace_period,
                              reduction_factor=2)
     if t.scheduler == "pbt":
         mutable = {k: p.to_tune() for k, p in space.items() if p.kind not in (FIXED, "grid_search")}

@@ -114,9 +114,12 @@ class LearnerRank:
     def _micro_step(self, micro: Experience, kl_coef: float) -> dict:
         a = self.cfg.algo
         mask = micro.response_mask
-        logp = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
-                                 micro.response_len)
+        logp, entropy = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
+                                          micro.response_len, with_entropy=True)
         loss, stats = algos.policy_loss(logp, micro.old_logprobs, micro.advantages, mask, a.clip_eps, a.dual_clip)
+        if a.entropy_coef > 0:
+            # Entropy bonus: keeps the policy from collapsing onto one answer too early.
+            loss = loss - a.entropy_coef * algos.masked_mean(entropy, mask)
         if micro.ref_logprobs is not None and not a.kl_in_reward and kl_coef > 0:
             kl = algos.kl_loss(logp, micro.ref_logprobs, mask, a.kl_estimator)
             loss = loss + kl_coef * kl

@@ -1,67 +1,19 @@
 """One typed configuration tree for every stage, loaded from YAML with dotted overrides.
 
 Every field has a default here and nowhere else, and a docstring right under it (shown by
-`rlhf config show`). Unknown keys are errors that name the closest valid key; values of the
-wrong type are errors that name the field and the type it expects.
+`rlhf config show --docs`). Unknown keys are errors that name the closest valid key; values of
+the wrong type are errors that name the field and the type it expects (rlhf/typed_yaml.py).
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import difflib
-import inspect
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the field."""
-
-
-# PyYAML follows YAML 1.1: `1e-5` is a string (a float needs a dot), `yes/no/on/off` are
-# booleans and `2024-01-01` is a date. Config files and overrides read YAML 1.2 scalars instead,
-# so `learner.lr=1e-5` is a float and `model.system_prompt=no` is a string.
-_FLOAT = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-_YAML11_ONLY = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [r for r in resolvers if r[0] not in _YAML11_ONLY]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-
-
-class _Dumper(yaml.SafeDumper):
-    """Quotes every string that either YAML 1.1 or our loader would read as something else."""
-
-
-_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-
-
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
+from rlhf import typed_yaml
+from rlhf.typed_yaml import ConfigError, get_dotted, parse_overrides, to_dict, to_yaml  # noqa: F401 - re-exported
 
 @dataclass
 class LoraConfig:
@@ -99,8 +51,6 @@ class DataConfig:
     train: str = ""
     """Training data file (JSONL, Parquet or CSV), or `gym:<task>` for generated reasoning-gym
     questions, e.g. `gym:basic_arithmetic`."""
-    eval: str = ""
-    """Held-out evaluation file, same formats; never trained on."""
     kind: str = "prompts"
     """Data kind of `train`: qa, prompts, preferences, ratings or rankings."""
     fields: dict[str, str] = field(default_factory=dict)
@@ -115,8 +65,6 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: str = "vllm"
-    """Generation backend: vllm (the product) or hf (transformers generate, for comparisons)."""
     num_engines: int = 1
     """Number of rollout actors, each holding one vLLM engine."""
     tensor_parallel_size: int = 1
@@ -245,10 +193,6 @@ class TrainConfig:
     """Checkpoint every this many steps (0: only at the end)."""
     seed: int = 0
     """Global seed."""
-    overlap_rollout: bool = False
-    """Generate the next batch while the learner updates (one step off-policy)."""
-    log_every: int = 1
-    """Write metrics every this many steps."""
     export: bool = True
     """Export the final policy as an HF folder in <run>/model."""
 
@@ -443,95 +387,9 @@ class Config:
 # ----------------------------------------------------------------------------- building
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`; ints widen to floats, nothing else converts."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of {_type_name(item)}, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        key_t, val_t = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {_coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _build(cls: type, data: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        where = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{where}'{hint} (valid: {', '.join(names)})")
-        kwargs[key] = _coerce(value, hints[key], where)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """`["algo.kl_coef=0.05", "train.steps=10"]` -> nested dict; values parse as YAML scalars."""
-    tree: dict = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.field=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), _yaml_load(raw) if raw.strip() else "")
-    return tree
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
 
 def from_dict(data: dict) -> Config:
-    cfg = _build(Config, data or {})
+    cfg = typed_yaml.build(Config, data or {})
     validate(cfg)
     return cfg
 
@@ -544,53 +402,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            data = _yaml_load(p.read_text()) or {}
+            data = typed_yaml.yaml_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of sections at the top level")
-    data = _merge(data, parse_overrides(overrides or []))
+    data = typed_yaml.merge(data, parse_overrides(overrides or []))
     return from_dict(data)
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def to_yaml(cfg: Any) -> str:
-    """YAML text that `load_config` reads back to an equal config."""
-    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(to_yaml(cfg))
 
 
-def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:
-    """Map dotted field names to the docstring written under each field."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs: dict[str, str] = {}
-    hints = typing.get_type_hints(cls)
-    for node, nxt in zip(body, body[1:] + [None]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            name = node.target.id
-            doc = ""
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                doc = " ".join(str(nxt.value.value).split())
-            dotted = f"{prefix}{name}"
-            if dataclasses.is_dataclass(hints[name]):
-                docs.update(field_docs(hints[name], dotted + "."))
-            else:
-                docs[dotted] = doc
-    return docs
-
-
-def get_dotted(cfg: Any, dotted: str) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
+def field_docs(cls: type | None = None, prefix: str = "") -> dict[str, str]:
+    """Dotted field name -> the docstring under it, for the whole tree by default."""
+    return typed_yaml.field_docs(cls or Config, prefix)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -610,7 +439,6 @@ def validate(cfg: Config) -> None:
     _check(cfg.algo.kl_estimator in ("k1", "k2", "k3"), "algo.kl_estimator", "expected k1, k2 or k3")
     _check(bool(cfg.model.path.strip()), "model.path", "is empty: set a folder, `smollm2`, `tiny` or a hub id")
     _check(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", "expected float32 or bfloat16")
-    _check(cfg.rollout.backend in ("vllm", "hf"), "rollout.backend", "expected vllm or hf")
     _check(
         cfg.rollout.weight_sync in ("auto", "shm", "object_store", "nccl"),
         "rollout.weight_sync",

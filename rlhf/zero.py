@@ -50,16 +50,29 @@ def build_engine(build_model, config: dict, lr: float, lora: LoraConfig | None =
     return engine
 
 
-def gather_full_state(module, rank: int, lora: LoraConfig | None = None) -> dict | None:
-    """Gather ZeRO-3 partitions parameter by parameter (collective); rank 0 gets the state dict
-    with LoRA merged into plain HF names, other ranks None."""
+def gather_full_state(module, rank: int, lora: LoraConfig | None = None, chunk_numel: int = 64 << 20) -> dict | None:
+    """Gather ZeRO-3 partitions (collective); rank 0 gets the state dict with LoRA merged into
+    plain HF names, other ranks None. Parameters are gathered in chunks of about `chunk_numel`
+    elements: one collective per chunk instead of per tensor, without holding the whole model
+    twice on every rank."""
     import deepspeed
 
     state = {}
-    for name, param in module.named_parameters():
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+    named = list(module.named_parameters())
+    chunks, current, size = [], [], 0
+    for name, param in named:
+        current.append((name, param))
+        size += getattr(param, "ds_numel", param.numel())
+        if size >= chunk_numel:
+            chunks.append(current)
+            current, size = [], 0
+    if current:
+        chunks.append(current)
+    for chunk in chunks:
+        with deepspeed.zero.GatheredParameters([p for _, p in chunk], modifier_rank=None):
             if rank == 0:
-                state[name] = param.data.detach().to("cpu", copy=True)
+                for name, param in chunk:
+                    state[name] = param.data.detach().to("cpu", copy=True)
     if rank != 0:
         return None
     if lora is not None and lora.enabled:

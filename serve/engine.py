@@ -43,6 +43,7 @@ class QAEngine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gib))))
         from transformers import AutoConfig, AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.cfg = cfg
@@ -58,7 +59,7 @@ class QAEngine:
             tensor_parallel_size=cfg.rollout.tensor_parallel_size,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             seed=cfg.train.seed,
-        ))
+        ), usage_context=UsageContext.OPENAI_API_SERVER)  # the batching defaults of `vllm serve`
         self.start_seconds = time.perf_counter() - started
 
     # ------------------------------------------------------------------ prompts

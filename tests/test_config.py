@@ -249,7 +249,6 @@ def test_unknown_algo():
         ("model.path=' '", "model.path"),
         ("algo.kl_estimator=k4", "algo.kl_estimator"),
         ("model.dtype=float16", "model.dtype"),
-        ("rollout.backend=sglang", "rollout.backend"),
         ("rollout.weight_sync=carrier_pigeon", "rollout.weight_sync"),
         ("learner.deepspeed.zero_stage=4", "learner.deepspeed.zero_stage"),
         ("train.steps=0", "train.steps"),

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from rlhf.config import Config, ConfigError, field_docs, from_dict, get_dotted, to_dict
-from rlhf.config import _yaml_load as yaml_load  # the config loader's YAML 1.2 scalars: 1e-3 is a float
+from rlhf.typed_yaml import yaml_load  # the config loader's YAML 1.2 scalars: 1e-3 is a float
 
 FLOAT_DOMAINS = {"uniform": 2, "quniform": 3, "loguniform": 2, "qloguniform": 3, "randn": 2, "qrandn": 3}
 INT_DOMAINS = {"randint": 2, "qrandint": 3, "lograndint": 2, "qlograndint": 3}
@@ -131,7 +131,7 @@ def parse_param(key: str, spec: Any, source: str = "space") -> Param:
     if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DOMAINS):
         if isinstance(spec, dict) and field_type is not dict:
             names = [str(k) for k in spec]
-            close = difflib.get_close_matches(names[0], DOMAINS, n=1, cutoff=0.0) if len(names) == 1 else []
+            close = difflib.get_close_matches(names[0], DOMAINS, n=1, cutoff=0.6) if len(names) == 1 else []
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise SpaceError(f"{where}: expected one Tune domain ({', '.join(DOMAINS)}) or a plain value, "
                              f"got {spec!r}{hint}")

@@ -11,14 +11,12 @@ Accepted spellings besides our own column names (TRL conventions, mapped automat
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,10 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rlhf.config import DATA_KINDS
+from rlhf.gym import gym_entries, gym_score, parse_gym_task  # noqa: F401 - re-exported
+from rlhf.readers import RAW_CHARS, DataError, Record, json_type_name, read_csv, read_jsonl, read_parquet
 
-
-class DataError(ValueError):
-    """A data file that cannot be used at all; the message names the file."""
 
 
 _STR, _STRS = pa.string(), pa.list_(pa.string())
@@ -46,7 +43,6 @@ SCHEMAS: dict[str, pa.Schema] = {
 # Reward-model pairs; margin is "how much better" in the source's units (rating points, rank
 # distance), 0.0 when the source is a plain preference.
 PAIRS_SCHEMA = SCHEMAS["preferences"].append(pa.field("margin", pa.float64(), False))
-RAW_CHARS = 500
 _MISSING = object()
 
 
@@ -90,11 +86,11 @@ def load(path: str | Path, kind: str, fields: dict | None = None,
         raise DataError(f"{path} does not exist")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        records = _read_jsonl(path, max_line_bytes)
+        records = read_jsonl(path, max_line_bytes)
     elif suffix == ".parquet":
-        records = _read_parquet(path)
+        records = read_parquet(path)
     elif suffix == ".csv":
-        records = _read_csv(path)
+        records = read_csv(path)
     else:
         raise DataError(f"{path}: unknown extension '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
     decode = _decode_csv_row if suffix == ".csv" else None
@@ -105,97 +101,6 @@ def load(path: str | Path, kind: str, fields: dict | None = None,
         first = "; ".join(f"row {q['row']}: {q['reason']}" for q in result.quarantined[:3])
         raise DataError(f"{path}: no valid {kind} rows out of {result.total_rows} ({first})")
     return result
-
-
-# A reader yields (row number, record dict or None, reason if unreadable, raw text prefix).
-Record = tuple[int, "dict | None", str, str]
-
-
-def _read_jsonl(path: Path, max_line_bytes: int) -> Iterator[Record]:
-    """Line by line in binary so one bad line (bytes, JSON, size) costs only itself."""
-    with open(path, "rb") as f:
-        for lineno in itertools.count(1):
-            # At most limit + 2 bytes (room for "\r\n") tells "too long" apart without ever
-            # holding the whole line.
-            line = f.readline(max_line_bytes + 2)
-            if not line:
-                return
-            if len(line.rstrip(b"\r\n")) > max_line_bytes:
-                size = len(line.rstrip(b"\r\n")) + (0 if line.endswith(b"\n") else _skip_line(f))
-                prefix = line[:RAW_CHARS].decode("utf-8", "replace")
-                yield lineno, None, f"line too long ({size} bytes, limit {max_line_bytes})", prefix
-                continue
-            if lineno == 1:
-                line = line.removeprefix(b"\xef\xbb\xbf")
-            if not line.strip():
-                continue  # blank lines are layout, not rows
-            yield (lineno, *_parse_line(line))
-
-
-def _skip_line(f) -> int:
-    """Read past the rest of a line in small chunks; return its content bytes (no newline)."""
-    skipped = 0
-    while chunk := f.readline(1 << 16):
-        if chunk.endswith(b"\n"):
-            return skipped + len(chunk.rstrip(b"\r\n"))
-        skipped += len(chunk)
-    return skipped
-
-
-def _parse_line(line: bytes) -> tuple[dict | None, str, str]:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"invalid UTF-8 (byte {exc.start})", line[:RAW_CHARS].decode("utf-8", "replace")
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "too deep"
-        return None, f"invalid JSON ({detail})", text[:RAW_CHARS]
-    if not isinstance(obj, dict):
-        return None, f"expected a JSON object, got {_type(obj)}", text[:RAW_CHARS]
-    return obj, "", ""
-
-
-def _read_parquet(path: Path) -> Iterator[Record]:
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: cannot read Parquet ({exc})") from None
-    for i, row in enumerate(rows, 1):
-        yield i, row, "", ""
-
-
-def _read_csv(path: Path) -> Iterator[Record]:
-    """Every cell is read as text (no type guessing: '007' stays '007'). The stdlib parser,
-    not pyarrow's, because it numbers records exactly even with newlines inside quoted cells,
-    and a ragged row or bad bytes cost only that row instead of the whole file."""
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.reader(f)
-        header, number = next(reader, None), 0
-        while header:
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:  # e.g. a cell over the csv module's size limit
-                cells = exc
-            if cells != []:  # blank lines are layout, not rows
-                number += 1
-                yield ((number, None, f"unreadable CSV row ({cells})", "") if isinstance(cells, csv.Error)
-                       else (number, *_csv_record(header, cells)))
-
-
-def _csv_record(header: list[str], cells: list[str]) -> tuple[dict | None, str, str]:
-    raw = ",".join(cells).encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:RAW_CHARS]
-    if len(cells) != len(header):
-        return None, f"wrong number of columns (expected {len(header)}, got {len(cells)})", raw
-    try:
-        for cell in cells:
-            cell.encode("utf-8")  # surrogates mark bytes that were not UTF-8
-    except UnicodeEncodeError:
-        return None, "invalid UTF-8", raw
-    return dict(zip(header, cells)), "", ""
 
 
 _LIST_COLUMNS = {"choices", "responses", "messages"}
@@ -259,9 +164,7 @@ def _rename(record: dict, fields: dict) -> dict:
     return out
 
 
-def _type(value: Any) -> str:
-    names = {type(None): "null", dict: "object", str: "str"}
-    return names.get(type(value), type(value).__name__)
+_type = json_type_name
 
 
 def _text(value: Any, name: str, optional: bool = False) -> str | None:
@@ -534,48 +437,9 @@ def split(table: pa.Table, val_fraction: float, seed: int = 0) -> tuple[pa.Table
     return table.take(pa.array(train, pa.int64())), table.take(pa.array(val, pa.int64()))
 
 
-# ----------------------------------------------------------------------------- reasoning-gym
-
-
-def parse_gym_task(task: str) -> tuple[str, dict]:
-    """`chain_sum?min_terms=2&max_digits=2` -> ("chain_sum", {"min_terms": 2, "max_digits": 2})."""
-    import yaml
-
-    name, _, query = task.partition("?")
-    options = {}
-    for part in filter(None, query.split("&")):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise DataError(f"reasoning-gym task '{task}': option '{part}' must look like key=value")
-        options[key] = yaml.safe_load(value)
-    return name, options
-
-
-@lru_cache(maxsize=32)
-def _gym_dataset(task: str, size: int, seed: int):
-    import reasoning_gym  # optional dependency; only `gym:` sources need it
-
-    name, options = parse_gym_task(task)
-    try:
-        return reasoning_gym.create_dataset(name, size=size, seed=seed, **options)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise DataError(f"reasoning-gym task '{task}': {exc}") from None
-
-
 def gym_rows(task: str, size: int, seed: int) -> pa.Table:
     """`size` generated questions of a reasoning-gym task as a prompts table."""
-    rows = [{"question": e["question"], "reference": str(e["answer"])}
-            for e in _gym_dataset(task, size, seed)]
-    return pa.Table.from_pylist(rows, schema=SCHEMAS["prompts"])
-
-
-def gym_score(task: str, answer: str | None, entry: dict) -> float:
-    """reasoning-gym's own scorer for `answer`; `entry` is the generated item (question,
-    answer, metadata) or a prompts row ({question, reference})."""
-    if "answer" not in entry:
-        entry = {"question": entry.get("question", ""), "answer": entry.get("reference")}
-    entry = {"metadata": {}, **entry}
-    return float(_gym_dataset(task, 1, 0).score_answer(answer, entry))
+    return pa.Table.from_pylist(gym_entries(task, size, seed), schema=SCHEMAS["prompts"])
 
 
 def load_source(spec: str, kind: str, fields: dict | None = None, size: int = 512,

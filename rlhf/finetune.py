@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rlhf.config import Config, FinetuneConfig, LoraConfig
-from rlhf.finetune_data import PairExample, TokenExample, pad_batch, pair_batch, shard
+from rlhf.finetune_data import PairExample, pad_batch, pair_batch, shard
 from rlhf.objectives import bradley_terry_loss, dpo_loss, sequence_logprob, sft_loss
 
 KINDS = ("sft", "rm", "dpo")
@@ -164,11 +164,11 @@ def _train_loop(job, engine, train, val, micro, accum, pad_id, refs, val_refs, r
     log = Path(job.out_dir) / "metrics.jsonl"
     every = job.eval_every or max(1, steps // 4)
     started = time.perf_counter()
+    train_stats: dict = {}
     for step in range(steps + 1):
         if step % every == 0 or step == steps:
-            metrics = {"step": step, **_validate(job, engine, val, micro, pad_id, val_refs), "seconds": time.perf_counter() - started}
-            if step > 0:
-                metrics.update(train_stats)
+            metrics = {"step": step, **_validate(job, engine, val, micro, pad_id, val_refs),
+                       "seconds": time.perf_counter() - started, **train_stats}
             if rank == 0:
                 with log.open("a") as f:
                     f.write(json.dumps(metrics) + "\n")

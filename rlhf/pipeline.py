@@ -64,13 +64,16 @@ class Pipeline:
         self.cfg, self.run_dir, self.runners, self.log = cfg, Path(run_dir), runners, log
         self.base_model = resolve_model_path(cfg.model.path)
         self.artifacts: dict[str, Artifact] = {}
+        self.running = ""  # the stage being run now
 
     # ------------------------------------------------------------------------- lineage
 
     def current_policy(self) -> str:
-        """The newest model-producing stage's output, else the base model."""
+        """The output of the newest model-producing stage before the running one (a rerun must
+        not pick up a later stage's artifact from last time), else the base model."""
+        before = STAGES[: STAGES.index(self.running)] if self.running else STAGES
         for stage in reversed(MODEL_STAGES):
-            if stage in self.artifacts:
+            if stage in before and stage in self.artifacts and stage in self.cfg.pipeline.stages:
                 return str(self.artifacts[stage].output)
         return self.base_model
 
@@ -105,7 +108,7 @@ class Pipeline:
         inputs = {"config": {k: cfg[k] for k in sections}, "base_model": self.base_model}
         for upstream in {"pairs": ["sft"], "rm": ["pairs"], "dpo": ["pairs", "sft"], "rl": ["sft", "dpo", "rm"],
                          "eval": ["sft", "dpo", "rl"]}.get(stage, []):
-            if upstream in self.artifacts:
+            if upstream in self.artifacts and upstream in self.cfg.pipeline.stages:
                 inputs[upstream] = self.artifacts[upstream].manifest["output_hash"]
         return inputs
 
@@ -126,7 +129,11 @@ class Pipeline:
         self.log(f"[{stage}] running")
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        output, metrics = self.runners[stage](self, folder)
+        self.running = stage
+        try:
+            output, metrics = self.runners[stage](self, folder)
+        finally:
+            self.running = ""
         manifest = {"stage": stage, "fingerprint": key, "inputs": inputs, "base_model": self.base_model,
                     "output": str(Path(output).relative_to(folder)), "output_hash": file_hash(output),
                     "metrics": metrics, "seconds": round(time.perf_counter() - started, 1),

@@ -40,6 +40,19 @@ def test_unknown_stage_is_a_config_error(tmp_path, tiny_model_dir):
         Pipeline(cfg, tmp_path, runners={})
 
 
+def test_a_rerun_stage_reads_only_earlier_stages_artifacts(tmp_path, tiny_model_dir):
+    from rlhf.pipeline import Artifact
+
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", "pipeline.stages=[sft, rl, eval]"])
+    pipe = Pipeline(cfg, tmp_path, runners={})
+    for stage in ("sft", "rl"):
+        pipe.artifacts[stage] = Artifact(stage, tmp_path / stage, {"output": "model"})
+    pipe.running = "rl"  # last run's rl output must not become this rl run's starting policy
+    assert pipe.current_policy() == str(tmp_path / "sft" / "model")
+    pipe.running = "eval"
+    assert pipe.current_policy() == str(tmp_path / "rl" / "model")
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     run_dir = tmp_path / "pipe"

@@ -94,7 +94,7 @@ def run_actor(cfg, path: str, prompt_ids: list, repeats: int) -> dict:
 
     result = timed_calls(generate, repeats)
     result.update(start_seconds=start_seconds, engine_start_seconds=info["start_seconds"],
-                  cpus_per_actor=cfg.resources.cpus_per_actor)
+                  cpus_per_actor=cfg.resources.cpus_per_actor, engine_threads=info.get("cpu_threads"))
     ray.shutdown()
     return result
 
@@ -121,7 +121,9 @@ def run_vllm(cfg, path: str, prompt_ids: list, repeats: int) -> dict:
         return len(samples), sum(len(s.token_ids) for s in samples)
 
     result = timed_calls(generate, repeats)
-    result["start_seconds"] = start_seconds
+    import torch
+
+    result.update(start_seconds=start_seconds, engine_threads=torch.get_num_threads())
     return result
 
 
@@ -152,7 +154,7 @@ def run_hf(cfg, path: str, prompt_ids: list, repeats: int) -> dict:
         return len(out), tokens
 
     result = timed_calls(generate, repeats)
-    result.update(start_seconds=start_seconds, torch_threads=torch.get_num_threads())
+    result.update(start_seconds=start_seconds, engine_threads=torch.get_num_threads())
     return result
 
 
@@ -196,11 +198,12 @@ def report(args, sides: dict) -> dict:
     names = {"actor": "rollout actor (Ray + vLLM)", "vllm": "vLLM direct", "hf": "HF generate"}
     table = Table(title=f"Rollout: {args.prompts} prompts x {args.n} samples, <= {args.max_new_tokens} new "
                         f"tokens, {args.model}; median of {args.repeats} calls")
-    for col in ("side", "s / call", "tokens / call", "tokens/s", "samples/s", "start s"):
+    for col in ("side", "s / call", "tokens / call", "tokens/s", "samples/s", "threads", "start s"):
         table.add_column(col, justify="left" if col == "side" else "right")
     for side, r in sides.items():
         table.add_row(names[side], f"{r['median_seconds']:.3f}", f"{r['mean_tokens']:.0f}",
-                      f"{r['tokens_per_second']:.0f}", f"{r['samples_per_second']:.1f}", f"{r['start_seconds']:.1f}")
+                      f"{r['tokens_per_second']:.0f}", f"{r['samples_per_second']:.1f}", str(r.get("engine_threads", "")),
+                      f"{r['start_seconds']:.1f}")
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("side", "out")},
               "load_average_end": load_average(), "sides": sides}
     if "actor" in sides and "vllm" in sides:

@@ -170,7 +170,8 @@ def measure(servers: list[Server], levels: list[int], per_client: int, max_token
         asyncio.run(burst(server.url, 4, 2, max_tokens, offset=10_000))
     for rnd in range(rounds):
         for clients in levels:
-            for server in servers:
+            # Alternate who goes first, so neither server always runs right after the other.
+            for server in servers if rnd % 2 == 0 else servers[::-1]:
                 result = asyncio.run(burst(server.url, clients, per_client, max_tokens, offset=rnd * 100_000))
                 raw[server.name][clients].append(result)
                 console.log(f"round {rnd + 1} {server.name} x{clients}: {result['tokens'] / result['wall']:.0f} tok/s")

@@ -69,6 +69,14 @@ async def _validation_error(request: Request, exc: RequestValidationError):
     return JSONResponse(ApiError(400, f"invalid request: {exc.errors()[:3]}").body(), status_code=400)
 
 
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception):
+    # A bug, not the client's fault: still a JSON body, and the replica keeps serving.
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"error": {"message": f"internal error ({type(exc).__name__})", "type": "server_error",
+                                   "param": None, "code": "internal_error"}}, status_code=500)
+
+
 @dataclass
 class Job:
     """One generation request, whichever route it came in on."""
@@ -143,6 +151,7 @@ class QAServer:
         await self._db(self.store.ping)
 
     def __del__(self):
+        # Serve calls this when it stops the replica: take the engine's process down with it.
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
@@ -161,7 +170,8 @@ class QAServer:
         if req.stream:
             return self._sse(self._stream(job, "chat", req.stream_options))
         ans = await self._answer(job)
-        return chat_completion(job.id, self.s.model_name, ans.text, ans.finish_reason, self._usage(job, ans), ans.guardrail)
+        return chat_completion(job.id, self.s.model_name, ans.text, ans.finish_reason, self._usage(job, ans),
+                               ans.guardrail)
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
@@ -173,7 +183,8 @@ class QAServer:
         if req.stream:
             return self._sse(self._stream(job, "completions", req.stream_options))
         ans = await self._answer(job)
-        return completion(job.id, self.s.model_name, ans.text, ans.finish_reason, self._usage(job, ans), ans.guardrail)
+        return completion(job.id, self.s.model_name, ans.text, ans.finish_reason, self._usage(job, ans),
+                          ans.guardrail)
 
     @api.post("/ask")
     async def ask(self, request: Request):
@@ -202,7 +213,7 @@ class QAServer:
                                 ("correction", "correction")) if fields[f] is not None]
         for kind in kinds:
             metrics.FEEDBACK.labels(kind).inc()
-        return {"id": req.id, "stored": kinds, "rows": rows}
+        return {"id": req.id, "stored": kinds, "feedback_ids": rows}
 
     @api.get("/v1/models")
     async def models(self, request: Request):
@@ -263,17 +274,22 @@ class QAServer:
             return
         started, text, finish, produced, out = time.perf_counter(), "", "stop", 0, None
         yield fmt.start()
-        async for delta, finished, produced in self.engine.stream(job.ids, job.params, job.id):
-            check = self.guard.output_rules(text[-64:] + delta)  # PII spans are short: a window suffices
-            if not check.allowed:
-                out, finish = check, "content_filter"
-                break
-            if delta:
-                if not text:
-                    metrics.FIRST_TOKEN.observe(time.perf_counter() - started)
-                text += delta
-                yield fmt.delta(delta)
-            finish = finished or finish
+        try:
+            async for delta, finished, produced in self.engine.stream(job.ids, job.params, job.id):
+                check = self.guard.output_rules(text[-64:] + delta)  # PII spans are short: a window suffices
+                if not check.allowed:
+                    out, finish = check, "content_filter"
+                    break
+                if delta:
+                    if not text:
+                        metrics.FIRST_TOKEN.observe(time.perf_counter() - started)
+                    text += delta
+                    yield fmt.delta(delta)
+                finish = finished or finish
+        except ApiError as exc:  # the status line has gone out already: the error travels as an event
+            yield sse(exc.body())
+            yield SSE_DONE
+            return
         if out is None:
             out = await self._guard(self.guard.check_output, text, self.guard.output_model)
             finish = finish if out.allowed else "content_filter"

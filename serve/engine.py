@@ -66,7 +66,11 @@ class QAEngine:
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            try:
+                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            except Exception as exc:  # a template that rejects these roles or this order (jinja raises)
+                raise ApiError(400, f"messages cannot be rendered with this model's chat template: {exc}",
+                               param="messages", code="invalid_value") from None
             return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return self.encode_text(text)
@@ -143,11 +147,7 @@ class QAEngine:
                 sample = out.outputs[0]
                 produced += len(sample.token_ids)
                 yield sample.text, (_finish(sample.finish_reason) if out.finished else None), produced
-        except ApiError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, GeneratorExit):
-                raise
+        except Exception as exc:  # cancellation (a client gone) is a BaseException and passes through
             raise _engine_down(exc) from exc
 
     async def check_health(self) -> None:

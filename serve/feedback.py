@@ -1,8 +1,11 @@
 """Durable record of answers, user feedback and guard decisions, and its export for training.
 
-One SQLite file in WAL mode with `synchronous=FULL`: a write the endpoint acknowledged is on
-disk, so nothing is lost when Serve or the machine restarts. Every answer is recorded with its
-question, so feedback (by answer id) can be matched to question and answer. Several replicas on
+One SQLite file in WAL mode. Feedback commits with `synchronous=FULL`: feedback the endpoint
+acknowledged is on disk and survives a restart of Serve or of the machine. Answers (recorded
+with their question, so feedback by answer id can be matched to question and answer) commit
+with `synchronous=NORMAL`: they survive a crash or restart of any process, and only a power cut
+can lose the last few; it keeps an fsync off every answer's path (measured here: FULL commits
+0.3 ms median, 28 ms p99; NORMAL 0.02 ms, 0.1 ms). Several replicas on
 one machine may share the file (SQLite locks it; writers wait up to `busy_timeout`). On a
 multi-node cluster, point `serve.feedback_db` at storage every node sees.
 
@@ -93,7 +96,6 @@ def connect(path: str | Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
     conn.row_factory = sqlite3.Row
@@ -101,7 +103,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
 
 
 class FeedbackStore:
-    """Thread-safe; every write is one transaction that is on disk when the call returns."""
+    """Thread-safe; every write is one transaction, committed when the call returns."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -112,8 +114,10 @@ class FeedbackStore:
         with self._lock:
             self.conn.close()
 
-    def _write(self, statements: list[tuple[str, tuple]]) -> list[int]:
+    def _write(self, statements: list[tuple[str, tuple]], durable: bool) -> list[int]:
         with self._lock:
+            # Per transaction: the pragma applies to the commits that follow on this connection.
+            self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 ids = [self.conn.execute(sql, args).lastrowid for sql, args in statements]
@@ -132,8 +136,9 @@ class FeedbackStore:
                    rec.blocked, rec.prompt_tokens, rec.completion_tokens))]
         for d in decisions:
             stmts.append(("INSERT INTO guard_decisions (created, answer_id, stage, allowed, reason, detail, score) "
-                          "VALUES (?,?,?,?,?,?,?)", (now, rec.id, d.stage, int(d.allowed), d.reason, d.detail, d.score)))
-        self._write(stmts)
+                          "VALUES (?,?,?,?,?,?,?)",
+                          (now, rec.id, d.stage, int(d.allowed), d.reason, d.detail, d.score)))
+        self._write(stmts, durable=False)
 
     def get_answer(self, answer_id: str) -> dict | None:
         with self._lock:
@@ -165,7 +170,7 @@ class FeedbackStore:
             rows.append((sql, (now, answer_id, "preference", None, None, other_id, preferred, None, comment)))
         if correction is not None:
             rows.append((sql, (now, answer_id, "correction", None, None, None, None, correction, comment)))
-        return self._write(rows)
+        return self._write(rows, durable=True)
 
     def stats(self) -> dict:
         with self._lock:

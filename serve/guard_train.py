@@ -78,7 +78,8 @@ def train_guard(data: Path, out: Path, epochs: int = 6, lr: float = 1e-4, batch_
         rng.shuffle(order)
         for i in range(0, len(order), batch_size):
             chunk = order[i:i + batch_size]
-            enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+            enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=MAX_LENGTH, padding=True,
+                            return_tensors="pt")
             loss = model(**enc, labels=torch.tensor([y for _, y in chunk])).loss
             loss.backward()
             optim.step()

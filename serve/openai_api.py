@@ -201,7 +201,8 @@ def parse_json(raw: bytes, max_bytes: int) -> Any:
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        detail = (f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError)
+                  else str(exc))
         raise ApiError(400, f"request body is not valid JSON: {detail}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")

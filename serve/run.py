@@ -22,7 +22,8 @@ def start_ray(cfg: Config) -> bool:
         ray.init(address=address, log_to_driver=False)
         return False
     # "local" never attaches to another Ray that happens to run on this machine.
-    num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(cfg.serve.num_replicas * cfg.serve.cpus_per_replica + 0.999))
+    needed = int(max(cfg.serve.num_replicas, cfg.serve.autoscale_max) * cfg.serve.cpus_per_replica + 0.999)
+    num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, needed)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return True
 
@@ -61,7 +62,9 @@ def serve_forever(model: str, cfg: Config, host: str, port: int, on_ready=print)
 
     url, started_ray = start(model, cfg, host, port)
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    # Explicit handlers: a shell that starts us in the background ignores SIGINT otherwise.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
     try:
         on_ready(url)
         while not done.wait(1.0):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import difflib
 import math
 
-from rlhf.resources import check_fits, role_bundles
 from rlhf.config import Config, ConfigError
+from rlhf.resources import check_fits, role_bundles
 
 TRIAL_BUNDLE = {"CPU": 1.0}  # the trial's own process: it runs the driver loop, the roles do the work
 

@@ -3,9 +3,14 @@
     .venv/bin/python bench/serve.py [--model tiny|smollm2|PATH] [--concurrency 16 64]
                                     [--requests-per-client 4] [--max-tokens 64] [--rounds 2]
 
-Both servers run at once (each on its own free loopback port) and take turns: for every round
-and concurrency level, `rlhf serve` and then `vllm serve` get the same burst of chat
-completions, so drifting load from other work on the machine hits both alike. Every request
+Three servers run at once (each on its own free loopback port) and take turns: for every round
+and concurrency level each gets the same burst of chat completions, in alternating order, so
+drifting load from other work on the machine hits all alike. The servers:
+- `rlhf serve`: the QA endpoint as shipped (Ray Serve proxy -> replica -> vLLM AsyncLLM);
+- `vllm serve`: vLLM's OpenAI server with its defaults (the reference for the ratios);
+- `vllm serve, in-process worker`: the same server with the engine settings a replica uses
+  (VLLM_ENABLE_V1_MULTIPROCESSING=0, OMP_NUM_THREADS=1), so `rlhf serve` against this row is
+  Ray Serve's own cost. Every request
 asks for exactly --max-tokens tokens (`ignore_eos`), non-streamed; throughput is completion
 tokens per second of wall time, latency is per request. `rlhf serve` runs as shipped: guard
 rules on, every answer and guard decision written to its SQLite feedback DB.
@@ -33,6 +38,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "rlhf-qa"
+SAME_ENGINE = "vllm serve, in-process worker"
 QUESTIONS = ["What is {i} plus {j}?", "Name a city near river number {i}.", "How many days are in {i} weeks?",
              "Explain in one sentence why {i} is {j} less than {k}."]
 
@@ -53,7 +59,7 @@ def machine() -> dict:
 
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version(),
             "ray": ray.__version__, "vllm": vllm.__version__, "torch": torch.__version__,
-            "load_average_start": os.getloadavg()}
+            "load_average_start": [round(x, 1) for x in os.getloadavg()]}
 
 
 def free_port() -> int:
@@ -67,7 +73,7 @@ class Server:
 
     def __init__(self, name: str, cmd: list[str], port: int, health: str, log_dir: Path, env: dict):
         self.name, self.port, self.health = name, port, health
-        self.log = log_dir / f"{name.replace(' ', '_')}.log"
+        self.log = log_dir / f"{name.replace(' ', '_').replace(',', '')}.log"
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
@@ -102,15 +108,19 @@ def start_servers(model: str, max_len: int, log_dir: Path) -> list[Server]:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
            "RLHF_API_KEYS": "", "RAY_USAGE_STATS_ENABLED": "0"}
     bin_dir = Path(sys.executable).parent
-    rlhf_port, vllm_port = free_port(), free_port()
+    rlhf_port, vllm_port, same_port = free_port(), free_port(), free_port()
     rlhf = Server("rlhf serve", [str(bin_dir / "rlhf"), "serve", "--model", model, "--port", str(rlhf_port),
                                  f"serve.feedback_db={log_dir / 'feedback.sqlite'}", f"serve.max_model_len={max_len}",
                                  f"serve.model_name={MODEL_NAME}"], rlhf_port, "/healthz", log_dir, env)
-    vllm = Server("vllm serve", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-                                 "--port", str(vllm_port), "--host", "127.0.0.1", "--served-model-name", MODEL_NAME,
-                                 "--max-model-len", str(max_len), "--enforce-eager", "--dtype", "float32",
-                                 "--seed", "0"], vllm_port, "/health", log_dir, env)
-    return [rlhf, vllm]
+    def vllm_cmd(port: int) -> list[str]:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
+                "--host", "127.0.0.1", "--served-model-name", MODEL_NAME, "--max-model-len", str(max_len),
+                "--enforce-eager", "--dtype", "float32", "--seed", "0"]
+
+    vllm = Server("vllm serve", vllm_cmd(vllm_port), vllm_port, "/health", log_dir, env)
+    same = Server(SAME_ENGINE, vllm_cmd(same_port), same_port, "/health", log_dir,
+                  {**env, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"})
+    return [rlhf, vllm, same]
 
 
 def question(i: int) -> str:
@@ -185,7 +195,7 @@ def report(results: dict, info: dict) -> Table:
         table.add_column(col, justify="left" if col == "server" else "right")
     for clients in info["concurrency"]:
         ref = results["vllm serve"][clients]
-        for name in ("rlhf serve", "vllm serve"):
+        for name in ("rlhf serve", "vllm serve", SAME_ENGINE):
             r = results[name][clients]
             table.add_row(str(clients), name, str(r["requests"]), f"{r['tokens_per_s']:.0f}",
                           f"{r['requests_per_s']:.1f}", f"{r['p50_s']:.3f}", f"{r['p99_s']:.3f}",
@@ -206,7 +216,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rlhf.models import resolve_model_path
 
@@ -224,7 +234,7 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
-    info["machine"]["load_average_end"] = os.getloadavg()
+    info["machine"]["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
     console.print(report(results, info))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"info": info, "results": results}, indent=2))

@@ -240,7 +240,7 @@ class ServeConfig:
     target_ongoing_requests: float = 32.0
     """Autoscaling target of in-flight requests per replica."""
     cpus_per_replica: float = 1.0
-    """CPUs Ray reserves for each replica (its vLLM engine process comes on top)."""
+    """CPUs Ray reserves for each replica; on CPU also the thread count of its vLLM engine."""
     health_check_period_s: float = 10.0
     """Seconds between Serve's health checks of a replica (each asks the vLLM engine)."""
     health_check_timeout_s: float = 30.0

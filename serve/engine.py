@@ -4,6 +4,13 @@
 actor vLLM spawns it) and batches every request in flight on the replica together
 (continuous batching): concurrent HTTP requests share forward passes.
 
+With one device per engine (tensor_parallel_size 1) the model runs inside that engine-core
+process (VLLM_ENABLE_V1_MULTIPROCESSING=0 selects vLLM's in-process executor) instead of in a
+third process: on CPU vLLM otherwise spawns a worker process and pins it to cores of its own
+choosing. Measured here on 2 busy cores (tiny model): the replica starts about 3x sooner and
+serves more tokens per second, and the engine runs as many threads as Ray gives the replica
+CPUs (Ray sets OMP_NUM_THREADS), so replicas sharing a node do not fight over the same cores.
+
 Prompts are tokenized here with the model's tokenizer and handed to the engine as token ids, so
 the context-window check counts exactly the tokens the engine will see.
 """
@@ -41,6 +48,8 @@ class QAEngine:
 
     def __init__(self, model_path: str, cfg: Config):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gib))))
+        if cfg.rollout.tensor_parallel_size == 1:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # read by the engine-core process
         from transformers import AutoConfig, AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext

@@ -212,6 +212,19 @@ def test_serve_config_checks_and_deployment_options():
         build_app({"model": "tiny", "replicas": 2})
 
 
+def test_serve_command_fails_cleanly_before_starting_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhf.cli import app
+
+    bad_key = CliRunner().invoke(app, ["serve", "--model", "tiny", "serve.replicas=2"])
+    assert bad_key.exit_code == 2 and "serve.num_replicas" in bad_key.output
+    no_model = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "missing")])
+    assert no_model.exit_code == 2 and "not a local folder" in no_model.output
+    bad_limit = CliRunner().invoke(app, ["serve", "--model", "tiny", "serve.default_max_tokens=0"])
+    assert bad_limit.exit_code == 2 and "default_max_tokens" in bad_limit.output
+
+
 def test_serve_config_yaml_points_at_build_app():
     import yaml
 

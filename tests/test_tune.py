@@ -181,6 +181,10 @@ def test_scheduler_errors(cfg):
         make_scheduler(cfg, grid, 6)
     assert isinstance(make_scheduler(cfg, space_of(cfg, "learner.lr: {loguniform: [0.001, 0.01]}"), 6),
                       PopulationBasedTraining)
+    # A PBT trial keeps its placement group when it takes another trial's values.
+    checks.check_same_layout(variants(load_space(ROOT / "examples" / "tiny-space.yaml", cfg), cfg))
+    with pytest.raises(ConfigError, match="trials of this space need different resources"):
+        checks.check_same_layout(variants(space_of(cfg, "learner.num_ranks: {choice: [1, 2]}"), cfg))
     cfg.tune.scheduler = "fifo"
     assert isinstance(make_scheduler(cfg, grid, 6), FIFOScheduler)
     cfg.tune.grace_period = 7

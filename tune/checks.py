@@ -62,6 +62,20 @@ def trial_bundles(cfg: Config) -> list[dict[str, float]]:
     return [dict(TRIAL_BUNDLE)] + role_bundles(cfg).bundles
 
 
+def check_same_layout(configs: list[Config]) -> None:
+    """PBT hands a running trial another trial's values, but the trial keeps its placement group:
+    every trial the space can produce must need the same bundles."""
+    first = trial_bundles(configs[0])
+    for cfg in configs[1:]:
+        other = trial_bundles(cfg)
+        if other != first:
+            raise ConfigError(
+                f"tune.scheduler=pbt: trials of this space need different resources ({first} and {other}), but a "
+                "PBT trial keeps its placement group when it takes another trial's values; search keys that "
+                "change resources (learner.num_ranks, rollout.num_engines, ...) with asha or fifo"
+            )
+
+
 def trial_needs(configs: list[Config]) -> dict[str, float]:
     """The most any one trial asks for, per resource."""
     needs: dict[str, float] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rlhf.config import dump_config
+from rlhf.config import dump_config, get_dotted, load_config
 from tune.space import plain, trial_config
 
 DONE, STOPPED, UNFINISHED, ERROR = "done", "stopped early", "unfinished", "error"
@@ -29,13 +29,13 @@ class TrialRow:
     error: str = ""
 
 
-def collect(results, base: dict, metric: str, finished: set[str] | None) -> list[TrialRow]:
+def collect(results, base: dict, metric: str, finished: set[str] | None, trials_dir: Path) -> list[TrialRow]:
     """Rows from a Tune ResultGrid. `finished` holds the ids of trials Tune ended (None: all
     ended); a trial that ended before its last step was stopped by the scheduler."""
     rows = []
     for result in results:
         trial = Path(result.path).name
-        params = {k: plain(v) for k, v in (result.config or {}).items()}
+        params = _values(result.config or {}, trials_dir / trial / "config.yaml")
         history = _history(result.metrics_dataframe, metric)
         planned = trial_config(base, params).train.steps
         if result.error is not None:
@@ -48,6 +48,15 @@ def collect(results, base: dict, metric: str, finished: set[str] | None) -> list
                              history[-1][1] if history else None, history,
                              _first_line(result.error) if result.error is not None else ""))
     return rows
+
+
+def _values(sampled: dict, run_config: Path) -> dict:
+    """The trial's values as its run last used them: PBT changes them as it goes, and Tune's
+    record of a trial's config can lag behind its last restart."""
+    if not run_config.exists():
+        return {k: plain(v) for k, v in sampled.items()}
+    cfg = load_config(run_config)
+    return {k: get_dotted(cfg, k) for k in sampled}
 
 
 def _history(frame, metric: str) -> list[tuple[int, float]]:

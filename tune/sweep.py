@@ -59,6 +59,8 @@ def run_sweep(cfg: Config, space_path: str | Path, run_dir: str | Path | None = 
     checks.check_metric(cfg.tune.metric, configs)
     max_steps = max(c.train.steps for c in configs)
     make_scheduler(cfg, space, max_steps)  # its errors too come before Ray starts
+    if cfg.tune.scheduler == "pbt":
+        checks.check_same_layout(configs)
     needs = checks.trial_needs(configs)
     run_dir = Path(run_dir or Path("runs") / f"{cfg.train.name}-sweep").resolve()
     check_run_dir(run_dir, cfg, space, Path(space_path), resume)
@@ -184,6 +186,10 @@ def fit(cfg: Config, space: Space, run_dir: Path, concurrency: int, max_steps: i
         resources=functools.partial(trial_resources, base),
     )
     path = str(run_dir / EXPERIMENT)
+    # One pointer checkpoint per trial is enough to resume, and keeping one makes Tune snapshot
+    # its state at every step. PBT clones a leader's checkpoint after the leader may have reported
+    # newer ones, so it keeps them all (each is a few bytes).
+    keep = None if cfg.tune.scheduler == "pbt" else 1
     if resume and tune.Tuner.can_restore(path):
         # Finished trials stay finished; unfinished ones continue from their last checkpoint.
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
@@ -196,7 +202,7 @@ def fit(cfg: Config, space: Space, run_dir: Path, concurrency: int, max_steps: i
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT, storage_path=str(run_dir),  # Tune wants an absolute path
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep), verbose=1,
         ),
     )
     return tuner.fit()
@@ -213,7 +219,7 @@ def ended_trials(experiment: Path) -> set[str]:
 def summarise(cfg: Config, space: Space, run_dir: Path, results, finished: set[str] | None, total: int,
               console: Console) -> SweepResult:
     metric, mode = cfg.tune.metric, cfg.tune.mode
-    rows = report.collect(results, to_dict(cfg), metric, finished)
+    rows = report.collect(results, to_dict(cfg), metric, finished, run_dir / "trials")
     # An interrupted sweep has no winner yet: no best config until every trial has ended.
     best = report.best_row(rows, mode) if finished is None else None
     best_path = report.write_outputs(run_dir, rows, to_dict(cfg), metric, mode, best)

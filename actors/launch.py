@@ -102,13 +102,15 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
     init_ray(cfg)
     layout = placement.role_bundles(cfg)
     placement.check_fits(layout, ray.cluster_resources())
-    pg = placement.reserve(layout)
-    _GROUPS[run_id] = pg
+    pg, offset = _enclosing_group(layout)
+    if pg is None:
+        pg, offset = placement.reserve(layout), 0
+        _GROUPS[run_id] = pg  # ours to remove; an enclosing group belongs to its creator
 
     def spawn(cls, role: str, index: int, *args):
         res = placement.actor_resources(cfg, role, layout)
         opts = {"num_cpus": res.get("CPU", 0), "num_gpus": res.get("GPU", 0),
-                "scheduling_strategy": placement.strategy(pg, layout.slots[role][index])}
+                "scheduling_strategy": placement.strategy(pg, offset + layout.slots[role][index])}
         return ray.remote(cls).options(**opts).remote(*args)
 
     engines = [spawn(RolloutActor, "rollout", i, cfg, model_path, run_id, i) for i in range(cfg.rollout.num_engines)]
@@ -128,6 +130,22 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
         learner=LearnerGroup(ranks, transport, get=lambda refs: _get("learner", refs)),
         num_ranks=cfg.learner.num_ranks,
     )
+
+
+def _enclosing_group(layout: placement.Layout):
+    """The placement group this process runs in when its last bundles are exactly the run's
+    layout (a Ray Tune trial reserves [trial] + role bundles), with the index of the first role
+    bundle; else (None, 0). Reserving a second group there would hold every resource twice."""
+    from ray.util.placement_group import get_current_placement_group
+
+    pg = get_current_placement_group()
+    n = len(layout.bundles)
+    if pg is None or len(pg.bundle_specs) < n:
+        return None, 0
+    offset = len(pg.bundle_specs) - n
+    if pg.bundle_specs[offset:] != layout.bundles:
+        return None, 0
+    return pg, offset
 
 
 def shutdown(run_id: str) -> None:

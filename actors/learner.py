@@ -116,13 +116,7 @@ class LearnerRank:
         mask = micro.response_mask
         logp, entropy = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
                                           micro.response_len, with_entropy=True)
-        # No old logprobs: the driver skipped the separate pass because this is the only optimizer
-        # step on the batch, so the policy before it is the one that just computed `logp`.
-        on_policy = micro.old_logprobs is None
-        old = logp.detach() if on_policy else micro.old_logprobs
-        loss, stats = algos.policy_loss(logp, old, micro.advantages, mask, a.clip_eps, a.dual_clip)
-        if on_policy:
-            stats.update(self._old_policy_stats(logp.detach(), entropy.detach(), micro))
+        loss, stats = algos.policy_loss(logp, micro.old_logprobs, micro.advantages, mask, a.clip_eps, a.dual_clip)
         if a.entropy_coef > 0:
             # Entropy bonus: keeps the policy from collapsing onto one answer too early.
             loss = loss - a.entropy_coef * algos.masked_mean(entropy, mask)
@@ -141,17 +135,6 @@ class LearnerRank:
             self.critic.step()
             stats.update(vstats)
         return {k: float(v) for k, v in stats.items()}
-
-    def _old_policy_stats(self, logp: torch.Tensor, entropy: torch.Tensor, micro: Experience) -> dict:
-        """The metrics the driver takes from the old-logprob pass, from the update's forward."""
-        mask = micro.response_mask
-        stats = {"objective/entropy": algos.masked_mean(entropy, mask)}
-        if micro.rollout_logprobs is not None:
-            stats["rollout/behaviour_logprob_diff"] = algos.masked_mean((micro.rollout_logprobs - logp).abs(), mask)
-        if micro.ref_logprobs is not None:
-            kl = algos.kl_estimate(logp, micro.ref_logprobs, self.cfg.algo.kl_estimator)
-            stats["objective/kl"] = algos.masked_sum(kl, mask, dim=-1).mean()
-        return stats
 
     # ------------------------------------------------------------------------- weights
 

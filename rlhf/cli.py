@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rlhf.cli_review import review_app, round_command
 from rlhf.config import DATA_KINDS, ConfigError, field_docs, load_config
 
 app = typer.Typer(
@@ -31,6 +32,11 @@ out = Console()
 
 CONFIG_ARG = typer.Argument(..., help="YAML config file (see examples/).")
 OVERRIDES_ARG = typer.Argument(None, help="Dotted overrides, e.g. algo.kl_coef=0.05 train.steps=10.")
+
+
+def say(message: str) -> None:
+    """A progress line, printed as is ("[sft] ..." is not rich markup)."""
+    console.print(message, markup=False, highlight=False)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -83,21 +89,16 @@ def _finetune(kind: str, cfg, out_path: Optional[Path], paths: Optional[list[str
     from rlhf import data
     from rlhf.finetune import run_finetune
     from rlhf.models import ModelError
-    from rlhf.stages import pair_job, sft_job
+    from rlhf.stages import finetune_job
 
     stage = getattr(cfg, kind)
-    base = stage.base_model or cfg.model.path
     out_dir = out_path or Path("runs") / cfg.train.name / kind
     try:
-        if kind == "sft":
-            job = sft_job(cfg, base, out_dir)
-        else:
-            sources = list(paths or []) or [p for p in [stage.data, *cfg.pipeline.human_feedback] if p]
-            job = pair_job(kind, cfg, base, sources, out_dir)
+        job = finetune_job(kind, cfg, out_dir, paths)
     except (data.DataError, ModelError) as exc:
         fail(str(exc))
     with console.status(f"{kind}: training on {len(job.train)} examples with {stage.num_workers} ZeRO-3 workers"):
-        rows = run_finetune(job, cfg)
+        rows = run_finetune(job, cfg, log=say)
     table = Table(title=f"{kind} validation")
     keys = [k for k in rows[-1] if k.startswith("val/")]
     for col in ["step", *keys]:
@@ -175,9 +176,9 @@ def pipeline(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRID
     from rlhf.pipeline_stages import runners
 
     cfg = _load(config, overrides)
-    folder = run_dir or Path(cfg.pipeline.run_dir)
+    folder = (run_dir or Path(cfg.pipeline.run_dir)).resolve()
     try:
-        Pipeline(cfg, folder, runners(run_training), log=console.print).run()
+        Pipeline(cfg, folder, runners(run_training), log=say).run()
     except (StageError, DataError, ConfigError) as exc:
         fail(str(exc))
     summary_path = folder / "summary.json"
@@ -222,6 +223,8 @@ def serve(
 
 guard_app = typer.Typer(help="Guardrail classifiers of the QA endpoint.", no_args_is_help=True)
 app.add_typer(guard_app, name="guard")
+app.add_typer(review_app, name="review")  # the review queue and agreement (rlhf/cli_review.py)
+app.command("round")(round_command)  # one human-in-the-loop training round
 
 
 @guard_app.command("train")

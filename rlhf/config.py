@@ -35,7 +35,11 @@ class ModelConfig:
     """Policy model: a local HF folder, `smollm2` (the packaged SmolLM2-135M-Instruct), or a hub
     id where a hub is reachable."""
     dtype: str = "float32"
-    """Weights dtype for training and rollout: float32 or bfloat16."""
+    """Weights dtype for rollout, reference and reward passes (and the learner's autocast):
+    float32, bfloat16, or auto: bfloat16 on GPUs and on CPUs that multiply it natively
+    (avx512_bf16 or AMX), else float32. Without native support bf16 matmuls are emulated on
+    the CPU, >100x slower than fp32 (measured on an AVX2-only EPYC). auto is resolved when
+    the config is loaded, so saved configs name what ran."""
     max_prompt_tokens: int = 256
     """Prompts are truncated from the left to this many tokens."""
     chat_template: bool = True
@@ -217,6 +221,9 @@ class ServeConfig:
     """Accepted API keys (also read from RLHF_API_KEYS); empty allows anonymous use."""
     admin_keys: list[str] = field(default_factory=list)
     """Keys for the review and admin routes."""
+    reviewer_keys: dict[str, str] = field(default_factory=dict)
+    """Reviewer name -> key for the review page and its routes only (also read from
+    RLHF_REVIEWER_KEYS as name=key,name=key); an admin key works there as reviewer `admin`."""
     feedback_db: str = "feedback.sqlite"
     """SQLite feedback store (WAL mode)."""
     input_guard: str = ""
@@ -249,8 +256,11 @@ class ServeConfig:
 
 @dataclass
 class TuneConfig:
+    stage: str = "rl"
+    """What each trial runs: rl (`rlhf train`), or sft, rm or dpo (that stage's training, with
+    its <stage>.max_steps as the trial's length and validation reported every step)."""
     metric: str = "reward/mean"
-    """Metric the sweep optimises."""
+    """Metric the sweep optimises (val/loss, val/accuracy, ... for sft, rm and dpo trials)."""
     mode: str = "max"
     """max or min."""
     num_samples: int = 4
@@ -349,6 +359,44 @@ class PipelineConfig:
 
 
 @dataclass
+class ReviewConfig:
+    questions: str = ""
+    """Questions the review queue draws from (a QA or prompts file, or `gym:<task>`); empty uses
+    data.train. Questions of the validation set (eval.data) are never queued."""
+    candidates: int = 64
+    """Questions the current model answers twice (rollout sampling settings) per queue batch."""
+    batch_size: int = 20
+    """Items one `rlhf review queue` adds to the queue."""
+    random_fraction: float = 0.1
+    """Share of a batch drawn at random (single answers to rate): calibrates reviewers and checks
+    what the targeted selection misses."""
+    production_fraction: float = 0.3
+    """Largest share of a batch given to endpoint answers that the output guard withheld or that
+    users gave a thumbs-down."""
+    reward_model: str = ""
+    """Reward model that picks the answer pairs it is least sure of (smallest score difference);
+    empty uses reward.model_path; with neither, a batch has no `uncertain` items."""
+    reviewers_per_item: int = 2
+    """Reviews an item collects before it leaves the queue; more than one measures agreement."""
+    run_dir: str = "runs/review"
+    """Where `rlhf round` writes round-000 (the starting model, evaluated), round-001, ..."""
+    method: str = "dpo"
+    """How a round retrains the last promoted model: dpo, or rm+rl (a reward model on the pairs,
+    then RL against it with the rl settings)."""
+    sft_corrections: bool = False
+    """Before the preference step, fine-tune on the corrected answers (sft section settings)."""
+    production_feedback: bool = True
+    """Train on the endpoint users' feedback as well as on the reviews."""
+    promote_metric: str = "accuracy"
+    """Validation metric (eval.data, see rlhf/evaluate.py) a round must not make worse to be promoted."""
+    tolerance: float = 0.0
+    """A round is promoted when promote_metric is worse than the promoted model's by at most this."""
+    target: float = 0.0
+    """Value of promote_metric on the validation set that is good enough: the round report says
+    when the loop can stop; 0 disables."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy model."""
@@ -382,6 +430,8 @@ class Config:
     """Held-out evaluation."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """The end-to-end pipeline."""
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    """Human review: the review queue and training rounds that learn from it."""
 
 
 # ----------------------------------------------------------------------------- building
@@ -390,8 +440,19 @@ class Config:
 
 def from_dict(data: dict) -> Config:
     cfg = typed_yaml.build(Config, data or {})
+    if cfg.model.dtype == "auto":
+        cfg.model.dtype = "bfloat16" if cfg.resources.use_gpu or native_bf16() else "float32"
     validate(cfg)
     return cfg
+
+
+def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU multiplies bfloat16 in hardware (avx512_bf16 or AMX)."""
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -438,7 +499,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.algo.name in ALGOS, "algo.name", f"expected one of {ALGOS}, got '{cfg.algo.name}'")
     _check(cfg.algo.kl_estimator in ("k1", "k2", "k3"), "algo.kl_estimator", "expected k1, k2 or k3")
     _check(bool(cfg.model.path.strip()), "model.path", "is empty: set a folder, `smollm2`, `tiny` or a hub id")
-    _check(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", "expected float32 or bfloat16")
+    _check(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", "expected float32, bfloat16 or auto")
     _check(
         cfg.rollout.weight_sync in ("auto", "shm", "object_store", "nccl"),
         "rollout.weight_sync",
@@ -469,8 +530,25 @@ def validate(cfg: Config) -> None:
     _check(0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
     _check(cfg.data.kind in DATA_KINDS, "data.kind", f"expected one of {DATA_KINDS}")
     _check(cfg.tune.mode in ("max", "min"), "tune.mode", "expected max or min")
+    _check(cfg.tune.stage in ("rl", "sft", "rm", "dpo"), "tune.stage", "expected rl, sft, rm or dpo")
     _check(cfg.tune.scheduler in ("asha", "pbt", "fifo"), "tune.scheduler", "expected asha, pbt or fifo")
     _check(cfg.serve.max_tokens_limit >= 1, "serve.max_tokens_limit", "must be at least 1")
+    _validate_review(cfg.review)
+
+
+def _validate_review(r: ReviewConfig) -> None:
+    _check(r.method in REVIEW_METHODS, "review.method", f"expected one of {REVIEW_METHODS}, got '{r.method}'")
+    _check(r.batch_size >= 1, "review.batch_size", "must be at least 1")
+    _check(r.candidates >= 0, "review.candidates", "must be 0 or more")
+    _check(r.reviewers_per_item >= 1, "review.reviewers_per_item", "must be at least 1")
+    for name in ("random_fraction", "production_fraction"):
+        _check(0.0 <= getattr(r, name) <= 1.0, f"review.{name}", "must be in [0, 1]")
+    _check(r.random_fraction + r.production_fraction <= 1.0, "review.random_fraction",
+           "random_fraction + production_fraction must not exceed 1")
+    _check(r.promote_metric in PROMOTE_METRICS, "review.promote_metric", f"expected one of {PROMOTE_METRICS}")
 
 
 DATA_KINDS = ("qa", "prompts", "preferences", "ratings", "rankings")
+REVIEW_METHODS = ("dpo", "rm+rl")
+PROMOTE_METRICS = ("accuracy", "exact_match", "token_f1", "choice_accuracy", "rm_score", "logprob",
+                   "repetition", "refusal")

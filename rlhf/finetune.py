@@ -10,9 +10,11 @@ import json
 import math
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -180,6 +182,15 @@ def _train_loop(job, engine, train, val, micro, accum, pad_id, refs, val_refs, r
         b = order[step % batches]
         train_stats = _optimizer_step(job, engine, train[b * per_step : (b + 1) * per_step], micro, pad_id,
                                       refs[b * accum : (b + 1) * accum] if refs else None)
+        if rank == 0:
+            _write_progress(Path(job.out_dir), step + 1, steps, time.perf_counter() - started, train_stats)
+
+
+def _write_progress(out: Path, step: int, steps: int, seconds: float, stats: dict) -> None:
+    """Where training is, for the driver's progress lines (replaced atomically every step)."""
+    tmp = out / "progress.json.tmp"
+    tmp.write_text(json.dumps({"step": step, "steps": steps, "seconds": seconds, **stats}))
+    tmp.replace(out / "progress.json")
 
 
 def _optimizer_step(job, engine, items, micro, pad_id, refs) -> dict:
@@ -196,8 +207,11 @@ def _optimizer_step(job, engine, items, micro, pad_id, refs) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def run_finetune(job: FinetuneJob, cfg: Config) -> list[dict]:
-    """Run `job` on Ray Train; returns the validation rows (also in out_dir/metrics.jsonl)."""
+def run_finetune(job: FinetuneJob, cfg: Config, callbacks: list | None = None,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """Run `job` on Ray Train; returns the validation rows (also in out_dir/metrics.jsonl).
+    `callbacks`: Ray Train callbacks, e.g. Tune's TuneReportCallback inside a sweep's trial.
+    `log`: gets a progress line every few seconds while the steps advance."""
     import ray
 
     if len(job.train) < job.stage.num_workers * geometry(job.stage)[0] * geometry(job.stage)[1]:
@@ -206,13 +220,19 @@ def run_finetune(job: FinetuneJob, cfg: Config) -> list[dict]:
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
+    (out / "progress.json").unlink(missing_ok=True)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=max(os.cpu_count() or 1, job.stage.num_workers + 1), include_dashboard=False,
                  log_to_driver=False)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_report_progress, args=(job.kind, out, log, stop), daemon=True)
+    if log is not None:
+        watcher.start()
     try:
-        result = _fit(job, cfg, out)
+        result = _fit(job, cfg, out, callbacks or [])
     finally:
+        stop.set()
         if started_ray:
             ray.shutdown()  # the next stage sizes its own local Ray
     if result.error:
@@ -220,7 +240,21 @@ def run_finetune(job: FinetuneJob, cfg: Config) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _fit(job: FinetuneJob, cfg: Config, out: Path):
+def _report_progress(kind: str, out: Path, log: Callable[[str], None], stop: threading.Event,
+                     every: float = 10.0) -> None:
+    last = 0
+    while not stop.wait(every):
+        try:
+            p = json.loads((out / "progress.json").read_text())
+        except (OSError, ValueError):
+            continue  # not started yet
+        if p["step"] != last:
+            last = p["step"]
+            loss = f", train loss {p['train/loss']:.4f}" if "train/loss" in p else ""
+            log(f"[{kind}] step {p['step']}/{p['steps']}{loss}, {p['seconds']:.0f} s")
+
+
+def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -232,6 +266,6 @@ def _fit(job: FinetuneJob, cfg: Config, out: Path):
         torch_config=TorchConfig(backend="nccl" if cfg.resources.use_gpu else "gloo"),
         # Ray Train's own records go beside the export, which stays a clean HF folder.
         run_config=RunConfig(name=f"{job.kind}-{int(time.time())}",
-                             storage_path=str((out.parent / ".ray-train").resolve())),
+                             storage_path=str((out.parent / ".ray-train").resolve()), callbacks=callbacks),
     )
     return trainer.fit()

@@ -18,7 +18,7 @@ def _last_val(rows: list[dict]) -> dict:
 
 def run_sft(p: Pipeline, folder: Path):
     job = sft_job(p.cfg, p.current_policy(), folder / "model")
-    rows = run_finetune(job, p.cfg)
+    rows = run_finetune(job, p.cfg, log=p.log)
     return folder / "model", {"first": rows[0], "last": _last_val(rows), "examples": len(job.train)}
 
 
@@ -34,13 +34,13 @@ def _pair_files(p: Pipeline, stage: str) -> list[str]:
 def run_rm(p: Pipeline, folder: Path):
     base = p.cfg.rm.base_model or p.base_model
     job = pair_job("rm", p.cfg, base, _pair_files(p, "rm"), folder / "model")
-    rows = run_finetune(job, p.cfg)
+    rows = run_finetune(job, p.cfg, log=p.log)
     return folder / "model", {"first": rows[0], "last": _last_val(rows), "pairs": len(job.train)}
 
 
 def run_dpo(p: Pipeline, folder: Path):
     job = pair_job("dpo", p.cfg, p.current_policy(), _pair_files(p, "dpo"), folder / "model")
-    rows = run_finetune(job, p.cfg)
+    rows = run_finetune(job, p.cfg, log=p.log)
     return folder / "model", {"first": rows[0], "last": _last_val(rows), "pairs": len(job.train)}
 
 

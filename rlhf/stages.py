@@ -100,11 +100,23 @@ def pair_job(kind: str, cfg: Config, base: str, paths: list[str], out_dir: str |
     return _job(kind, cfg, stage, base, out_dir, encode(train), encode(val))
 
 
+def finetune_job(kind: str, cfg: Config, out_dir: str | Path, paths: list[str] | None = None) -> FinetuneJob:
+    """The job `rlhf sft|rm|dpo` runs: from <kind>.base_model (or model.path), on <kind>.data
+    (RM/DPO: plus pipeline.human_feedback) unless `paths` name the pair files."""
+    stage: FinetuneConfig = getattr(cfg, kind)
+    base = stage.base_model or cfg.model.path
+    if kind == "sft":
+        return sft_job(cfg, base, out_dir)
+    sources = list(paths or []) or [p for p in [stage.data, *cfg.pipeline.human_feedback] if p]
+    return pair_job(kind, cfg, base, sources, out_dir)
+
+
 def _job(kind, cfg, stage, base, out_dir, train, val) -> FinetuneJob:
     if len(val) < stage.num_workers:
         raise data.DataError(f"{kind}: {len(val)} validation rows for {stage.num_workers} workers; raise "
                              f"{kind}.val_fraction or add data")
-    return FinetuneJob(kind=kind, base_model=resolve_model_path(base), out_dir=str(out_dir), stage=stage,
+    # Absolute: Ray Train's workers do not run in the driver's working directory.
+    return FinetuneJob(kind=kind, base_model=resolve_model_path(base), out_dir=str(Path(out_dir).resolve()), stage=stage,
                        lora=cfg.model.lora, train=train, val=val, seed=cfg.train.seed)
 
 

@@ -6,6 +6,8 @@ Routes (FastAPI ingress):
   POST /feedback   rating 1-5, thumbs, preferred of two, or a correction, by answer id
   GET  /v1/models, GET /healthz (open), GET /metrics (open, Prometheus)
   GET  /admin/stats, GET /admin/decisions?limit=N   (admin key)
+  GET  /review (the review page, static), GET /review/items, POST /review/items/{id},
+       GET /review/agreement   (reviewer or admin key; serve/review_api.py, serve/review_store.py)
 
 A request flows: key check -> JSON and field checks -> context-window check -> input guard ->
 engine -> output guard -> answer and guard decisions recorded in SQLite -> response. Client
@@ -35,7 +37,7 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from rlhf.config import Config, ConfigError, from_dict, load_config, to_dict
-from serve import metrics
+from serve import metrics, review_api
 from serve.auth import KeyChecker
 from serve.engine import Generation, QAEngine
 from serve.feedback import AnswerRecord, FeedbackError, FeedbackStore
@@ -43,6 +45,7 @@ from serve.guardrails import Decision, Guard
 from serve.openai_api import (SSE_DONE, ApiError, AskRequest, ChatCompletionRequest, CompletionRequest,
                               FeedbackRequest, chat_chunk, chat_completion, completion, completion_chunk,
                               parse_json, parse_model, sse, usage, usage_chunk)
+from serve.review_store import ReviewError, ReviewStore
 
 log = logging.getLogger("ray.serve")
 MAX_BODY_BYTES = 4 << 20
@@ -140,6 +143,8 @@ class QAServer:
         self.auth = KeyChecker(self.s.api_keys, self.s.admin_keys)
         self.guard = Guard(self.s)
         self.store = FeedbackStore(self.s.feedback_db)
+        self.reviews = ReviewStore(self.store)
+        self.reviewer_keys = review_api.ReviewerKeys(self.s.reviewer_keys, self.auth.admin_keys)
         # One writer thread: SQLite commits (fsync) never block the event loop.
         self.db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback-db")
         self.engine = QAEngine(model_path, cfg)
@@ -246,6 +251,39 @@ class QAServer:
             raise ApiError(400, f"limit must be an integer 1-1000, got {raw!r}", param="limit")
         return {"data": await self._db(self.store.recent_decisions, int(raw))}
 
+    @api.get("/review")
+    async def review_page(self):
+        return self._static(review_api.PAGE)
+
+    @api.get("/review/static/{name}")
+    async def review_asset(self, name: str):
+        return self._static(name)
+
+    @api.get("/review/items")
+    async def review_items(self, request: Request):
+        reviewer = self.reviewer_keys.reviewer(request.headers)
+        limit = review_api.query_limit(request.query_params.get("limit"))
+        return await self._db(self.reviews.queue_for, reviewer, limit)
+
+    @api.post("/review/items/{item_id}")
+    async def review_submit(self, item_id: str, request: Request):
+        reviewer = self.reviewer_keys.reviewer(request.headers)
+        req = parse_model(review_api.ReviewRequest, parse_json(await request.body(), MAX_BODY_BYTES))
+        ratings = req.ratings.model_dump() if req.ratings else None
+        try:
+            review_id = await self._db(self.reviews.submit, item_id, reviewer, ratings, req.preferred,
+                                       req.correction, req.comment)
+        except ReviewError as exc:
+            raise ApiError(exc.status, str(exc), param=exc.param, code=exc.code) from None
+        progress = await self._db(self.reviews.queue_for, reviewer, 0)
+        return {"item_id": item_id, "review_id": review_id, "reviewer": reviewer, "done": progress["done"],
+                "left": progress["left"]}
+
+    @api.get("/review/agreement")
+    async def review_agreement(self, request: Request):
+        self.reviewer_keys.reviewer(request.headers)
+        return await self._db(self.reviews.agreement)
+
     # ------------------------------------------------------------------ the flow
 
     async def _answer(self, job: Job) -> Answer:
@@ -311,7 +349,8 @@ class QAServer:
         gen = ans.gen
         rec = AnswerRecord(job.id, job.route, self.s.model_name, job.prompt, ans.text, ans.finish_reason,
                            blocked=ans.guardrail["reason"] if ans.guardrail else None, messages=job.messages,
-                           prompt_tokens=len(job.ids), completion_tokens=gen.completion_tokens if gen else 0)
+                           prompt_tokens=len(job.ids), completion_tokens=gen.completion_tokens if gen else 0,
+                           withheld=gen.text if ans.guardrail and gen is not None else None)
         for d in decisions:
             metrics.GUARD.labels(d.stage, d.reason).inc()
         metrics.TOKENS.labels("prompt").inc(rec.prompt_tokens)
@@ -335,6 +374,11 @@ class QAServer:
 
     async def _db(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, lambda: fn(*args, **kwargs))
+
+    @staticmethod
+    def _static(name: str) -> Response:
+        body, media = review_api.static_file(name)
+        return Response(body, media_type=media, headers=review_api.PAGE_HEADERS)
 
     @staticmethod
     def _usage(job: Job, ans: Answer) -> dict:

@@ -15,7 +15,12 @@ Export (`rlhf data feedback-export DB OUT_DIR`) writes files in the schemas of r
 - preferences.jsonl: prompt, chosen, rejected. From "preferred of two" feedback, and from every
   correction (the corrected answer is preferred to the original).
 - corrections.jsonl: question, answer (kind qa), for supervised fine-tuning.
-Refusals written by the guard are not the model's words and are left out.
+Refusals written by the guard are not the model's words and are left out. Reviews from the
+review page (serve/review_store.py, same file) are merged in: a reviewed answer's rating
+replaces a user's, compared pairs and corrections add preference pairs and QA rows.
+
+When the output guard replaces an answer with a refusal, the model's own text is kept in
+`answers.withheld` (never sent to the user) so a reviewer can judge whether the guard was right.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from serve.review_store import REVIEW_SCHEMA, review_corrections, review_preferences, review_ratings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -39,7 +47,8 @@ CREATE TABLE IF NOT EXISTS answers (
     finish_reason TEXT,
     blocked TEXT,
     prompt_tokens INTEGER,
-    completion_tokens INTEGER
+    completion_tokens INTEGER,
+    withheld TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,6 +98,7 @@ class AnswerRecord:
     messages: list | None = None  # the full chat, for chat completions
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    withheld: str | None = None  # the model's text when the output guard replaced it with a refusal
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -98,6 +108,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
+    if "withheld" not in columns:  # a database written before the column existed
+        conn.execute("ALTER TABLE answers ADD COLUMN withheld TEXT")
+    conn.executescript(REVIEW_SCHEMA)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -114,26 +128,37 @@ class FeedbackStore:
         with self._lock:
             self.conn.close()
 
-    def _write(self, statements: list[tuple[str, tuple]], durable: bool) -> list[int]:
+    @contextmanager
+    def transaction(self, durable: bool):
+        """One write transaction on the connection, committed when the block ends (rolled back
+        if it raises); `durable` commits with an fsync (synchronous=FULL)."""
         with self._lock:
             # Per transaction: the pragma applies to the commits that follow on this connection.
             self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                ids = [self.conn.execute(sql, args).lastrowid for sql, args in statements]
+                yield self.conn
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-        return ids
+
+    def _write(self, statements: list[tuple[str, tuple]], durable: bool) -> list[int]:
+        with self.transaction(durable) as conn:
+            return [conn.execute(sql, args).lastrowid for sql, args in statements]
+
+    def read(self, sql: str, args: tuple = ()) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self.conn.execute(sql, args).fetchall()]
 
     def record_answer(self, rec: AnswerRecord, decisions: list = ()) -> None:
         """The answer and every guard decision made about it, in one transaction."""
         now = time.time()
         messages = json.dumps(rec.messages, ensure_ascii=False) if rec.messages is not None else None
-        stmts = [("INSERT INTO answers VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        stmts = [("INSERT INTO answers (id, created, route, model, prompt, messages, answer, finish_reason, blocked, "
+                  "prompt_tokens, completion_tokens, withheld) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                   (rec.id, now, rec.route, rec.model, rec.prompt, messages, rec.answer, rec.finish_reason,
-                   rec.blocked, rec.prompt_tokens, rec.completion_tokens))]
+                   rec.blocked, rec.prompt_tokens, rec.completion_tokens, rec.withheld))]
         for d in decisions:
             stmts.append(("INSERT INTO guard_decisions (created, answer_id, stage, allowed, reason, detail, score) "
                           "VALUES (?,?,?,?,?,?,?)",
@@ -193,8 +218,8 @@ class FeedbackStore:
 # ----------------------------------------------------------------------------- export
 
 
-def _ratings(conn: sqlite3.Connection) -> list[dict]:
-    """Latest explicit rating per answer; thumbs (latest) only where no rating exists."""
+def _ratings(conn: sqlite3.Connection) -> dict[str, dict]:
+    """answer id -> row: latest explicit rating per answer; thumbs (latest) only where no rating exists."""
     rows = conn.execute(
         "SELECT f.answer_id, f.kind, f.rating, f.thumbs, a.prompt, a.answer FROM feedback f "
         "JOIN answers a ON a.id = f.answer_id WHERE a.blocked IS NULL AND f.kind IN ('rating', 'thumbs') "
@@ -205,11 +230,11 @@ def _ratings(conn: sqlite3.Connection) -> list[dict]:
         value = r["rating"] if r["kind"] == "rating" else (5 if r["thumbs"] == "up" else 1)
         if r["answer_id"] not in best or priority >= best[r["answer_id"]][0]:
             best[r["answer_id"]] = (priority, {"prompt": r["prompt"], "response": r["answer"], "rating": value})
-    return [row for _, row in best.values()]
+    return {answer_id: row for answer_id, (_, row) in best.items()}
 
 
 def _preferences(conn: sqlite3.Connection) -> list[dict]:
-    pairs, seen = [], set()
+    pairs = []
     rows = conn.execute(
         "SELECT f.kind, f.answer_id, f.other_id, f.preferred_id, f.correction, a.prompt, a.answer, "
         "a.blocked, o.answer AS other_answer, o.blocked AS other_blocked FROM feedback f "
@@ -223,24 +248,41 @@ def _preferences(conn: sqlite3.Connection) -> list[dict]:
                                 else (r["other_answer"], r["answer"]))
         else:
             chosen, rejected = r["correction"], r["answer"]
-        key = (r["prompt"], chosen, rejected)
-        if chosen.strip() == rejected.strip() or key in seen:
-            continue  # identical texts teach nothing; repeated clicks count once
-        seen.add(key)
         pairs.append({"prompt": r["prompt"], "chosen": chosen, "rejected": rejected})
     return pairs
+
+
+def _distinct_pairs(pairs: list[dict]) -> list[dict]:
+    """Identical texts teach nothing; repeated clicks (or reviewers) count once."""
+    seen, out = set(), []
+    for p in pairs:
+        key = (p["prompt"], p["chosen"], p["rejected"])
+        if p["chosen"].strip() != p["rejected"].strip() and key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def _corrections(conn: sqlite3.Connection) -> list[dict]:
     rows = conn.execute(
         "SELECT a.prompt, f.correction FROM feedback f JOIN answers a ON a.id = f.answer_id "
         "WHERE f.kind = 'correction' ORDER BY f.id").fetchall()
-    unique = {(r["prompt"], r["correction"]): None for r in rows}
-    return [{"question": q, "answer": a} for q, a in unique]
+    return [{"question": r["prompt"], "answer": r["correction"]} for r in rows]
 
 
-def export_feedback(db: str | Path, out_dir: str | Path) -> dict[str, dict]:
-    """Write ratings.jsonl, preferences.jsonl and corrections.jsonl; returns {name: {path, rows}}."""
+def _tables(conn: sqlite3.Connection, production: bool) -> dict[str, tuple[str, list[dict]]]:
+    ratings = _ratings(conn) if production else {}
+    ratings.update(review_ratings(conn))  # a reviewer's verdict replaces a user's on the same answer
+    prefs = (_preferences(conn) if production else []) + review_preferences(conn)
+    fixes = (_corrections(conn) if production else []) + review_corrections(conn)
+    unique = {(c["question"], c["answer"]): c for c in fixes}
+    return {"ratings": ("ratings", list(ratings.values())), "preferences": ("preferences", _distinct_pairs(prefs)),
+            "corrections": ("qa", list(unique.values()))}
+
+
+def export_feedback(db: str | Path, out_dir: str | Path, production: bool = True) -> dict[str, dict]:
+    """Write ratings.jsonl, preferences.jsonl and corrections.jsonl from the endpoint's feedback
+    (unless `production` is False) and the reviews; returns {name: {path, rows, kind}}."""
     import pyarrow as pa
 
     from rlhf.data import SCHEMAS, save
@@ -250,8 +292,7 @@ def export_feedback(db: str | Path, out_dir: str | Path) -> dict[str, dict]:
         raise FileNotFoundError(f"feedback database {db} does not exist")
     conn = connect(db)
     try:
-        tables = {"ratings": ("ratings", _ratings(conn)), "preferences": ("preferences", _preferences(conn)),
-                  "corrections": ("qa", _corrections(conn))}
+        tables = _tables(conn, production)
     finally:
         conn.close()
     out = {}

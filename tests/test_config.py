@@ -174,7 +174,7 @@ def test_unknown_key_with_nothing_close_lists_valid_keys():
         load_config(overrides=["tune.zzzzzz=1"])
     msg = str(err.value)
     assert "'tune.zzzzzz'" in msg and "did you mean" not in msg
-    assert "valid: metric, mode" in msg
+    assert "valid: stage, metric, mode" in msg
 
 
 # ----------------------------------------------------------------------------- types
@@ -328,3 +328,20 @@ def test_get_dotted():
     cfg = load_config(overrides=["learner.deepspeed.zero_stage=1"])
     assert get_dotted(cfg, "learner.deepspeed.zero_stage") == 1
     assert get_dotted(cfg, "algo") == cfg.algo
+
+
+def test_auto_dtype_takes_bf16_only_where_the_hardware_multiplies_it(tmp_path, monkeypatch):
+    from rlhf import config
+
+    avx2, bf16 = tmp_path / "avx2", tmp_path / "bf16"
+    avx2.write_text("flags\t\t: fpu sse2 avx avx2 fma\n")
+    bf16.write_text("flags\t\t: fpu sse2 avx avx2 avx512f avx512_bf16\n")
+    assert not config.native_bf16(str(avx2)) and config.native_bf16(str(bf16))
+    assert not config.native_bf16(str(tmp_path / "missing"))
+    monkeypatch.setattr(config, "native_bf16", lambda: False)
+    assert load_config(None, ["model.dtype=auto"]).model.dtype == "float32"
+    assert load_config(None, ["model.dtype=auto", "resources.use_gpu=true"]).model.dtype == "bfloat16"
+    monkeypatch.setattr(config, "native_bf16", lambda: True)
+    assert load_config(None, ["model.dtype=auto"]).model.dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="model.dtype"):
+        load_config(None, ["model.dtype=fp8"])

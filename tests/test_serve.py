@@ -287,15 +287,19 @@ class Server:
 def server(tiny_model_dir, tmp_path_factory):
     import ray
 
-    ours = not ray.is_initialized()
-    if ours:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from serve.run import SERVE_ENV, start_ray
+
     srv = Server(tiny_model_dir, tmp_path_factory.mktemp("serve") / "feedback.sqlite")
-    srv.start()
-    yield srv
-    srv.stop()
-    if ours:
-        ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in SERVE_ENV.items():  # the Serve settings `rlhf serve` uses
+            env.setenv(key, value)
+        env.delenv("RAY_ADDRESS", raising=False)  # never join someone else's cluster
+        ours = start_ray(srv.cfg)  # a local Ray of our own, unless this process already has one
+        srv.start()
+        yield srv
+        srv.stop()
+        if ours:
+            ray.shutdown()
 
 
 @pytest.fixture()

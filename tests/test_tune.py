@@ -169,6 +169,38 @@ def test_more_concurrent_trials_than_resources_allow_is_an_error(cfg):
         checks.check_concurrency(gpu, checks.trial_needs([gpu]), {"CPU": 16.0}, "the Ray cluster")
 
 
+SFT_EXAMPLE = ROOT / "examples" / "tiny-sft-tune.yaml"
+
+
+def test_finetune_sweeps_are_checked_for_their_stage():
+    from tune import stages
+
+    sft = load_config(SFT_EXAMPLE)
+    configs = variants(load_space(ROOT / "examples" / "tiny-sft-space.yaml", sft), sft)
+    checks.check_metric("val/loss", configs)
+    with pytest.raises(ConfigError, match="no trial reports 'reward/mean'.*Every trial reports: seconds, step, val/loss"):
+        checks.check_metric("reward/mean", configs)  # the RL metric means nothing to an SFT trial
+    rm = trial_config(to_dict(sft), {"tune.stage": "rm", "rm.max_steps": 3, "rm.data": "pairs.jsonl"})
+    checks.check_metric("val/accuracy", [rm])
+    # The trial's group holds the trial process; Ray Train places its workers itself, and they
+    # count in what one trial needs (so in how many run at once).
+    assert checks.trial_bundles(sft) == [{"CPU": 1.0}]
+    assert checks.trial_needs(configs) == {"CPU": 2.0}
+    two = trial_config(to_dict(sft), {"sft.num_workers": 2})
+    assert checks.trial_needs([two]) == {"CPU": 3.0}
+    assert checks.local_cpus(two, {"CPU": 3.0}, cores=2) == 3.0  # two workers busy: one trial on 2 cores
+    with pytest.raises(ConfigError, match="lower sft.num_workers"):
+        checks.check_concurrency(two, {"CPU": 3.0}, {"CPU": 2.0}, "the Ray cluster")
+    # Length: one report before training, then one per step.
+    assert stages.planned_steps(sft) == 4 and stages.reports(sft) == 5
+    with pytest.raises(ConfigError, match="set sft.max_steps"):
+        stages.check_stage(trial_config(to_dict(sft), {"sft.max_steps": 0}))
+    with pytest.raises(ConfigError, match="rm.data is empty"):
+        stages.check_stage(trial_config(to_dict(sft), {"tune.stage": "rm", "rm.max_steps": 3}))
+    with pytest.raises(ConfigError, match="tune.stage"):
+        trial_config(to_dict(sft), {"tune.stage": "ppo"})
+
+
 def test_scheduler_errors(cfg):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
@@ -367,3 +399,25 @@ def test_trials_report_exactly_the_metrics_the_checks_know(sweep):
     trial_dir = sweep["run_dir"] / "trials" / sweep["before"]["first"]
     logged = set(json.loads((trial_dir / "metrics.jsonl").read_text().splitlines()[-1]))
     assert logged == checks.reported_metrics(load_config(trial_dir / "config.yaml"))
+
+
+@pytest.mark.slow
+def test_sft_sweep_stops_laggards_and_its_best_config_trains(tmp_path):
+    # Three real SFT trials (Ray Train + DeepSpeed), one at a time, learning rates from good to
+    # useless: after the first update the slow learners trail the first trial at ASHA's rung.
+    run_dir = tmp_path / "sweep"
+    proc = rlhf_with_ray("tune", str(SFT_EXAMPLE), "--space", str(ROOT / "examples" / "tiny-sft-space.yaml"),
+                         "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = json.loads((run_dir / "summary.json").read_text())["trials"]
+    assert len(trials) == 3, trials
+    by_lr = {t["params"]["sft.lr"]: t for t in trials}
+    assert by_lr[0.003]["status"] == "done" and by_lr[0.003]["steps"] == 4, trials
+    stopped = [t for t in trials if t["status"] == "stopped early"]
+    assert stopped and all(t["steps"] < 4 for t in stopped), trials
+    assert [p for _, p in by_lr[0.003]["history"]][-1] < by_lr[0.003]["history"][0][1]  # val/loss fell
+    best = load_config(run_dir / "best_config.yaml")
+    assert (best.tune.stage, best.sft.lr) == ("sft", 0.003)
+    proc = rlhf("sft", str(run_dir / "best_config.yaml"), "sft.max_steps=1", "--out", str(tmp_path / "best"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "best" / "config.json").exists()

@@ -10,8 +10,7 @@ import math
 
 from rlhf.config import Config, ConfigError
 from rlhf.resources import check_fits, role_bundles
-
-TRIAL_BUNDLE = {"CPU": 1.0}  # the trial's own process: it runs the driver loop, the roles do the work
+from tune import stages
 
 # What every RL step reports, whatever the config: rlhf/loop.py `rl_step` (rollout metrics,
 # timers, samples/s, weight sync) and the learner's update stats (rlhf/algos.py policy_loss,
@@ -27,7 +26,9 @@ ALWAYS_REPORTED = (
 
 
 def reported_metrics(cfg: Config) -> set[str]:
-    """Every metric a run of `cfg` reports at each step."""
+    """Every metric a trial of `cfg` reports at each step."""
+    if cfg.tune.stage in stages.FINETUNE:
+        return set(stages.FINETUNE_METRICS[cfg.tune.stage])
     names = set(ALWAYS_REPORTED)
     names |= {f"reward/{rule}" for rule in cfg.reward.rules}  # one component per rule reward
     if cfg.reward.model_path:
@@ -57,9 +58,8 @@ def check_metric(metric: str, configs: list[Config]) -> None:
 
 
 def trial_bundles(cfg: Config) -> list[dict[str, float]]:
-    """The trial's placement group: its own bundle first, then the bundles its roles need
-    (actors/launch.py places the roles in these when it runs inside the trial)."""
-    return [dict(TRIAL_BUNDLE)] + role_bundles(cfg).bundles
+    """The trial's placement group (tune/stages.py)."""
+    return stages.trial_bundles(cfg)
 
 
 def check_same_layout(configs: list[Config]) -> None:
@@ -81,7 +81,7 @@ def trial_needs(configs: list[Config]) -> dict[str, float]:
     needs: dict[str, float] = {}
     for cfg in configs:
         totals: dict[str, float] = {}
-        for bundle in trial_bundles(cfg):
+        for bundle in trial_bundles(cfg) + stages.outside_bundles(cfg):
             for resource, amount in bundle.items():
                 totals[resource] = totals.get(resource, 0.0) + amount
         for resource, amount in totals.items():
@@ -96,7 +96,8 @@ def check_nodes(configs: list[Config], nodes: list[dict[str, float]]) -> None:
         for resource, amount in node.items():
             totals[resource] = totals.get(resource, 0.0) + amount
     for cfg in configs:
-        check_fits(role_bundles(cfg), totals, nodes)
+        if cfg.tune.stage == "rl":  # Ray Train checks its own workers' fit
+            check_fits(role_bundles(cfg), totals, nodes)
 
 
 def room_for(needs: dict[str, float], available: dict[str, float]) -> int:
@@ -106,11 +107,14 @@ def room_for(needs: dict[str, float], available: dict[str, float]) -> int:
 
 
 def local_cpus(cfg: Config, needs: dict[str, float], cores: int) -> float:
-    """Logical CPUs for a Ray this sweep starts itself. A trial's roles take turns (generate,
-    score, update), so one trial keeps about one core busy: room for one trial per core, unless
+    """Logical CPUs for a Ray this sweep starts itself. An RL trial's roles take turns (generate,
+    score, update), so one trial keeps about one core busy: room for one trial per core. A
+    finetune trial's workers all compute: room for one trial per num_workers cores. Unless
     resources.num_cpus says otherwise."""
     if cfg.resources.num_cpus:
         return float(cfg.resources.num_cpus)
+    if cfg.tune.stage in stages.FINETUNE:  # its workers compute at the same time: a core each
+        return needs.get("CPU", 1.0) * max(1, cores // getattr(cfg, cfg.tune.stage).num_workers)
     return needs.get("CPU", 1.0) * max(1, cores)
 
 
@@ -121,8 +125,11 @@ def check_concurrency(cfg: Config, needs: dict[str, float], available: dict[str,
     per_trial = ", ".join(f"{amount:g} {r}" for r, amount in sorted(needs.items()))
     have = ", ".join(f"{available.get(r, 0.0):g} {r}" for r in sorted(needs))
     if room < 1:
-        raise ConfigError(f"resources: one trial needs {per_trial} (1 CPU for the trial, the rest for its roles) "
-                          f"but {where} has {have}; lower learner.num_ranks / rollout.num_engines or resources.*")
+        lower = ("learner.num_ranks / rollout.num_engines" if cfg.tune.stage == "rl"
+                 else f"{cfg.tune.stage}.num_workers")
+        raise ConfigError(f"resources: one trial needs {per_trial} (1 CPU for the trial, the rest for its "
+                          f"{'roles' if cfg.tune.stage == 'rl' else 'workers'}) but {where} has {have}; "
+                          f"lower {lower} or resources.*")
     wanted = cfg.tune.max_concurrent
     if wanted > room:
         raise ConfigError(f"tune.max_concurrent={wanted}: each trial needs {per_trial} and {where} has {have}, "

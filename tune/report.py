@@ -13,6 +13,7 @@ from rich.table import Table
 
 from rlhf.config import dump_config, get_dotted, load_config
 from tune.space import plain, trial_config
+from tune.stages import planned_steps
 
 DONE, STOPPED, UNFINISHED, ERROR = "done", "stopped early", "unfinished", "error"
 
@@ -23,7 +24,7 @@ class TrialRow:
     params: dict
     status: str
     steps: int  # steps reported
-    planned: int  # train.steps of the trial's config
+    planned: int  # the last step of a complete trial (train.steps, or <stage>.max_steps)
     last: float | None  # the metric at the last reported step
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, metric)
     error: str = ""
@@ -37,7 +38,7 @@ def collect(results, base: dict, metric: str, finished: set[str] | None, trials_
         trial = Path(result.path).name
         params = _values(result.config or {}, trials_dir / trial / "config.yaml")
         history = _history(result.metrics_dataframe, metric)
-        planned = trial_config(base, params).train.steps
+        planned = planned_steps(trial_config(base, params))
         if result.error is not None:
             status = ERROR
         elif finished is not None and trial not in finished:

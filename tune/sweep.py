@@ -1,4 +1,5 @@
-"""`rlhf tune`: a Ray Tune sweep whose trials are short RL runs of the config.
+"""`rlhf tune`: a Ray Tune sweep whose trials are short runs of the config's stage (tune.stage:
+RL by default, or SFT, RM or DPO training; tune/stages.py).
 
 Everything that can be wrong with the request (space keys, ranges, the metric, the room for
 concurrent trials, the run directory) fails before any trial starts. The sweep's run directory:
@@ -6,7 +7,7 @@ concurrent trials, the run directory) fails before any trial starts. The sweep's
     <run-dir>/
       sweep.yaml  space.yaml     what was asked; a --resume must ask the same
       tune/                      Ray Tune's experiment state (what Tuner.restore reads)
-      trials/<trial id>/         each trial's RL run directory (config, metrics, checkpoints, model)
+      trials/<trial id>/         each trial's run directory (config, metrics, checkpoints, model)
       summary.json  best_config.yaml  trials.png
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from rlhf.config import Config, ConfigError, dump_config, load_config, to_dict
-from tune import checks, report
+from tune import checks, report, stages
 from tune.space import FIXED, Space, load_space, searched, to_tune_space, trial_config, trial_count, variants
 from tune.trial import run_trial
 
@@ -56,8 +57,10 @@ def run_sweep(cfg: Config, space_path: str | Path, run_dir: str | Path | None = 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     space = load_space(space_path, cfg)
     configs = variants(space, cfg)
+    for c in configs:
+        stages.check_stage(c)
     checks.check_metric(cfg.tune.metric, configs)
-    max_steps = max(c.train.steps for c in configs)
+    max_steps = max(stages.reports(c) for c in configs)
     make_scheduler(cfg, space, max_steps)  # its errors too come before Ray starts
     if cfg.tune.scheduler == "pbt":
         checks.check_same_layout(configs)
@@ -151,7 +154,8 @@ def make_scheduler(cfg: Config, space: Space, max_steps: int):
 
     t = cfg.tune
     if t.grace_period < 1 or t.grace_period > max_steps:
-        raise ConfigError(f"tune.grace_period={t.grace_period} must be between 1 and train.steps={max_steps}")
+        length = "train.steps" if t.stage == "rl" else f"{t.stage}.max_steps + 1 (validations per trial)"
+        raise ConfigError(f"tune.grace_period={t.grace_period} must be between 1 and {length}={max_steps}")
     if t.scheduler == "asha":
         # Halving (not Tune's quartering) suits sweeps of a handful of trials.
         return ResumableASHA(time_attr="training_iteration", max_t=max_steps, grace_period=t.grace_period,

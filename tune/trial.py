@@ -1,4 +1,10 @@
-"""One Tune trial: a real (short) RL run of the base config with the trial's values.
+"""One Tune trial: a real (short) run of the base config's stage with the trial's values.
+
+A finetune trial (tune.stage sft, rm or dpo) runs that stage's Ray Train job with validation at
+every step; Tune's TuneReportCallback forwards each report. It keeps no checkpoint: a resumed
+sweep runs an unfinished finetune trial again from the start (they are short by design).
+
+An RL trial:
 
 The trial reports every step to Tune, with a small checkpoint that points at its run directory.
 That keeps Tune's `training_iteration` equal to the RL step across restarts:
@@ -30,6 +36,9 @@ def run_trial(config: dict, base: dict, trials_dir: str) -> None:
 
     cfg = trial_config(base, config)
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
+    if cfg.tune.stage != "rl":
+        run_finetune_trial(cfg, run_dir)
+        return
     seen, resume = _prepare_run_dir(tune.get_checkpoint(), run_dir)
 
     def on_step(step: int, metrics: dict) -> None:
@@ -42,6 +51,21 @@ def run_trial(config: dict, base: dict, trials_dir: str) -> None:
     # The trial's log file is not a terminal: plain progress lines, no live redraws.
     console = Console(stderr=True, force_terminal=False, width=120)
     run_training(cfg, run_dir=run_dir, resume=resume, console=console, on_step=on_step)
+
+
+def run_finetune_trial(cfg, run_dir: Path) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rlhf.config import dump_config
+    from rlhf.finetune import run_finetune
+    from rlhf.stages import finetune_job
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    job = finetune_job(cfg.tune.stage, cfg, run_dir / "model")
+    job.eval_every = 1  # one report per step: the scheduler compares trials step by step
+    run_finetune(job, cfg, callbacks=[TuneReportCallback()])
 
 
 def _prepare_run_dir(checkpoint, run_dir: Path) -> tuple[int, bool]:

@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/rlhf pipeline examples/quickstart.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) .cache runs

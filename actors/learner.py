@@ -65,6 +65,8 @@ class LearnerRank:
         self.device = torch.device("cuda", 0) if self.cfg.resources.use_gpu else torch.device("cpu")
         micro, accum = batch_geometry(self.cfg)
         self.micro = micro
+        self.single_update = algos.single_update(self.cfg.learner.ppo_epochs, self.cfg.learner.mini_batches,
+                                                 self.cfg.algo.name == "ppo")
         self.policy = self._engine(lambda: load_causal_lm(self.model_path, "float32"), self.cfg.learner.lr, micro, accum)
         self.critic = None
         if self.cfg.algo.name == "ppo":
@@ -116,7 +118,15 @@ class LearnerRank:
         mask = micro.response_mask
         logp, entropy = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
                                           micro.response_len, with_entropy=True)
-        loss, stats = algos.policy_loss(logp, micro.old_logprobs, micro.advantages, mask, a.clip_eps, a.dual_clip)
+        # With one optimizer step per batch the policy has not moved since sampling: the
+        # driver skipped the old pass, and this pass stands in for it (ratio exactly 1).
+        old = logp.detach() if self.single_update else micro.old_logprobs
+        loss, stats = algos.policy_loss(logp, old, micro.advantages, mask, a.clip_eps, a.dual_clip)
+        if self.single_update:
+            stats["objective/entropy"] = algos.masked_mean(entropy.detach(), mask)
+            behaviour = micro.rollout_logprobs if micro.rollout_logprobs is not None else logp.detach()
+            gap = (logp.detach() - behaviour).abs()[mask.bool()]
+            stats["rollout/behaviour_logprob_diff"] = gap.mean() if len(gap) else 0.0
         if a.entropy_coef > 0:
             # Entropy bonus: keeps the policy from collapsing onto one answer too early.
             loss = loss - a.entropy_coef * algos.masked_mean(entropy, mask)

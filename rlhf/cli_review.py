@@ -26,6 +26,11 @@ OVERRIDES_ARG = typer.Argument(None, help="Dotted overrides, e.g. review.batch_s
 DB_OPT = typer.Option(None, "--db", help="Feedback SQLite file (default serve.feedback_db).")
 
 
+def say(message: str) -> None:
+    """A progress line, printed as is ("[round 1] ..." is not rich markup)."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
@@ -69,10 +74,10 @@ def queue(
     except (DataError, ModelError) as exc:
         fail(str(exc))
     rows = [[reason, n] for reason, n in sorted(summary["reasons"].items())] + [["total", summary["items"]]]
-    out.print(_table(f"review batch {summary['batch'] or '(empty)'}", ["reason", "items"], rows))
-    console.print(f"{summary['candidates']} questions sampled from {summary['model']}, {summary['production']} "
-                  f"endpoint answers considered; reward model: {summary['reward_model'] or 'none'}",
-                  markup=False, highlight=False, soft_wrap=True)
+    out.print(_table("new review items", ["reason", "items"], rows))
+    say(f"batch {summary['batch'] or '(nothing new to add)'}: {summary['candidates']} questions sampled from "
+        f"{summary['model']}, {summary['production']} endpoint answers considered; reward model: "
+        f"{summary['reward_model'] or 'none'}")
     out.print(summary["db"], soft_wrap=True, markup=False, highlight=False)
 
 
@@ -121,7 +126,7 @@ def round_command(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OV
         return run(*args, console=console, **kwargs)
 
     try:
-        report = run_round(cfg, run_training=run_training, log=console.print)
+        report = run_round(cfg, run_training=run_training, log=say)
     except (RoundError, ConfigError, DataError, ModelError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     metric = report["metric"]

@@ -3,7 +3,7 @@ baseline, win rate, KL and paired bootstrap confidence intervals.
 
     evaluate(model, data, out_dir, cfg, baseline=None) -> report dict (also report.json)
 
-Generation (vLLM), the model passes (HF logprobs, reward model) and scoring are separate steps;
+Generation (vLLM, which also gives the logprobs), the reward-model pass and scoring are separate steps;
 `score_answers` is a pure function of rows and answer texts, so its numbers can be checked by hand.
 
 Definitions, where there is a choice:
@@ -16,7 +16,7 @@ Definitions, where there is a choice:
   - repetition: share of an answer's word 4-grams that repeat an earlier 4-gram of that answer.
   - refusal: the answer matches one of a few refusal phrases ("I'm sorry", "I cannot answer", ...).
   - logprob (coherence proxy): mean per-token logprob of an answer (with its end-of-sequence
-    token) under the model that wrote it.
+    token) under the model that wrote it, as its vLLM engine reports it while generating.
   - kl_to_baseline: the k1 estimate sum_t [log p_model(y_t) - log p_baseline(y_t)] over the
     model's own greedy answers, averaged over questions. Greedy answers are not samples, so this
     is the divergence along what the model actually says; it is 0 for identical models. It needs
@@ -34,20 +34,20 @@ import os
 import re
 import time
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from rlhf.config import Config
 from rlhf.data import DataError, load_source
-from rlhf.models import load_causal_lm, load_tokenizer, resolve_model_path, vllm_engine_kwargs
+from rlhf.models import load_tokenizer, resolve_model_path, vllm_engine_kwargs
 from rlhf.prompts import encode_prompt, render_prompt
 from rlhf.rewards import choice, exact_match, token_f1
 
 METRICS = ("accuracy", "exact_match", "token_f1", "choice_accuracy", "rm_score", "logprob",
            "length", "repetition", "refusal")
 """Per-question metrics; each aggregate is the mean over the questions where it is defined."""
-LOGPROB_MICRO_BATCH = 8
 """Sequences per HF forward pass when scoring answers on CPU."""
 
 
@@ -110,6 +110,8 @@ class Generation:
     answer_ids: list[list[int]]  # [N][T_i] generated tokens (with a final EOS when it stopped)
     answers: list[str]  # [N] decoded answers, special tokens removed
     n_tokens: list[int]  # [N] answer length without the final EOS
+    logprobs: list[list[float]]  # [N][T_i] the model's logprob of each answer token
+    scored: list[list[float]] | None = None  # [M][T_j] logprobs of another model's answers (teacher-forced)
 
 
 def encode_questions(tokenizer, questions: Sequence[str], cfg: Config) -> list[list[int]]:
@@ -118,9 +120,12 @@ def encode_questions(tokenizer, questions: Sequence[str], cfg: Config) -> list[l
                           m.max_prompt_tokens) for q in questions]
 
 
-def generate_answers(model_path: str, questions: Sequence[str], cfg: Config) -> Generation:
+def generate_answers(model_path: str, questions: Sequence[str], cfg: Config,
+                     also_score: Generation | None = None) -> Generation:
     """Greedy answers from an in-process vLLM engine, freed before returning (a second engine,
-    the baseline's, usually follows)."""
+    the baseline's, usually follows). The engine reports each answer token's logprob as it
+    samples; with `also_score`, the same engine also scores that generation's answers
+    (teacher-forced prompt logprobs), for the KL between the two models."""
     tok = load_tokenizer(model_path)
     prompt_ids = encode_questions(tok, questions, cfg)
     # One process: the engine core runs here instead of in spawned workers.
@@ -130,8 +135,9 @@ def generate_answers(model_path: str, questions: Sequence[str], cfg: Config) -> 
 
     llm = LLM(model=model_path, **vllm_engine_kwargs(cfg, cfg.eval.max_new_tokens))
     try:
-        params = SamplingParams(temperature=0.0, max_tokens=cfg.eval.max_new_tokens)
+        params = SamplingParams(temperature=0.0, max_tokens=cfg.eval.max_new_tokens, logprobs=0)
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        scored = _teacher_forced(llm, also_score.prompt_ids, also_score.answer_ids) if also_score else None
     finally:
         del llm
         gc.collect()
@@ -139,31 +145,22 @@ def generate_answers(model_path: str, questions: Sequence[str], cfg: Config) -> 
     answer_ids = [list(o.outputs[0].token_ids) for o in outputs]
     n_tokens = [len(ids) - int(bool(ids) and o.outputs[0].finish_reason == "stop" and ids[-1] in special)
                 for ids, o in zip(answer_ids, outputs)]
-    return Generation(prompt_ids, answer_ids, [o.outputs[0].text for o in outputs], n_tokens)
+    logprobs = [[step[t].logprob for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [])]
+                for o in outputs]
+    return Generation(prompt_ids, answer_ids, [o.outputs[0].text for o in outputs], n_tokens, logprobs, scored)
 
 
-def answer_logprobs(model_path: str, prompt_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequence[int]],
-                    dtype: str = "float32", micro_batch_size: int = LOGPROB_MICRO_BATCH) -> list[list[float]]:
-    """Per-token logprobs [N][T_i] of given answers under an HF model on CPU (teacher forcing)."""
-    import torch
+def _teacher_forced(llm, prompt_ids, answer_ids) -> list[list[float]]:
+    """Logprob of each given answer token under the engine's model (vLLM prompt logprobs)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
 
-    from rlhf.batch import pack_sequences
-    from rlhf.models import response_logprobs
-
-    model = load_causal_lm(model_path, dtype).eval()
-    # Similar lengths share a micro-batch: less padding to push through the model.
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(answer_ids[i]))
-    result: list[list[float]] = [[] for _ in order]
-    with torch.no_grad():
-        for start in range(0, len(order), micro_batch_size):
-            idx = order[start : start + micro_batch_size]
-            seq, mask, resp_mask, P = pack_sequences([prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], 0)
-            logp = response_logprobs(model, seq, mask, P, resp_mask.shape[1])
-            for row, i in enumerate(idx):
-                result[i] = logp[row, : len(answer_ids[i])].tolist()
-    del model
-    gc.collect()
-    return result
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p) + list(a)) for p, a in zip(prompt_ids, answer_ids)],
+                           params, use_tqdm=False)
+    # Entry i of prompt_logprobs scores token i of the sequence (entry 0 is None).
+    return [[out.prompt_logprobs[len(p) + j][t].logprob for j, t in enumerate(a)]
+            for p, a, out in zip(prompt_ids, answer_ids, outputs)]
 
 
 def same_vocabulary(path_a: str, path_b: str) -> bool:
@@ -335,24 +332,17 @@ def _mean_or_none(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _model_passes(model_path, base_path, gen, base_gen, questions, cfg, timings):
-    """HF logprobs (coherence, KL) and reward-model scores -> (extra, base_extra, kl or None)."""
+def _model_passes(gen, base_gen, questions, cfg, timings):
+    """Logprobs (coherence, KL; from the engines) and reward-model scores
+    -> (extra, base_extra, kl or None)."""
     dtype = cfg.model.dtype
-    extra: dict = {}
+    extra: dict = {"logprob": [_mean_or_none(lp) for lp in gen.logprobs]}
     base_extra: dict = {}
     kl = None
-    with _timer(timings, "logprobs"):
-        own = answer_logprobs(model_path, gen.prompt_ids, gen.answer_ids, dtype)
-        extra["logprob"] = [_mean_or_none(lp) for lp in own]
-        if base_gen is not None:
-            shared = same_vocabulary(model_path, base_path)
-            n = len(base_gen.answer_ids)
-            prompts = base_gen.prompt_ids + (gen.prompt_ids if shared else [])
-            answers = base_gen.answer_ids + (gen.answer_ids if shared else [])
-            scored = answer_logprobs(base_path, prompts, answers, dtype)
-            base_extra["logprob"] = [_mean_or_none(lp) for lp in scored[:n]]
-            if shared:
-                kl = [sum(m) - sum(b) for m, b in zip(own, scored[n:])]
+    if base_gen is not None:
+        base_extra["logprob"] = [_mean_or_none(lp) for lp in base_gen.logprobs]
+        if base_gen.scored is not None:  # the model's answers under the baseline
+            kl = [sum(m) - sum(b) for m, b in zip(gen.logprobs, base_gen.scored)]
     if cfg.eval.reward_model:
         from rlhf.scoring import RewardModelScorer
 
@@ -382,10 +372,13 @@ def evaluate(model: str, data: str, out_dir: str | Path, cfg: Config, baseline: 
     with _timer(timings, "generate"):
         gen = generate_answers(model_path, questions, cfg)
         base_gen = None
-        if base_path:
+        if base_path == model_path:
             # Greedy decoding is deterministic: the same folder would answer the same again.
-            base_gen = gen if base_path == model_path else generate_answers(base_path, questions, cfg)
-    extra, base_extra, kl = _model_passes(model_path, base_path, gen, base_gen, questions, cfg, timings)
+            base_gen = dataclasses.replace(gen, scored=gen.logprobs)
+        elif base_path:
+            shared = same_vocabulary(model_path, base_path)  # else the KL is not defined
+            base_gen = generate_answers(base_path, questions, cfg, also_score=gen if shared else None)
+    extra, base_extra, kl = _model_passes(gen, base_gen, questions, cfg, timings)
     n_boot, seed = cfg.eval.bootstrap, cfg.eval.seed
     model_q, agg = score_answers(rows, gen.answers, gen.n_tokens, extra, n_boot, seed)
     result = {**agg, "model": model_path, "data": info, "max_new_tokens": cfg.eval.max_new_tokens,

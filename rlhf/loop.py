@@ -3,6 +3,9 @@
     generate -> (reward | reference | old logprobs & values, concurrently) -> advantages
              -> update -> weight sync (+ logprob agreement probe)
 
+With one optimizer step per batch and no critic the old-logprob pass is skipped: the update's
+own pass gives the same numbers (rlhf.algos.single_update).
+
 The driver talks to its roles through the small interfaces below, so tests can hand it
 in-process objects and the real run hands it Ray actors (actors/launch.py).
 """
@@ -72,6 +75,10 @@ class Trainer:
         self.sampler = PromptSampler(len(self.prompts), cfg.train.prompts_per_step, cfg.train.seed)
         self.kl_ctl = algos.make_kl_controller(cfg.algo)
         self.use_kl = roles.reference is not None and cfg.algo.kl_coef > 0
+        # One optimizer step per batch and no critic: the learner's update pass is its own "old"
+        # pass (rlhf.algos.single_update), so the score phase runs reward and reference only.
+        self.skip_forward = algos.single_update(cfg.learner.ppo_epochs, cfg.learner.mini_batches,
+                                                cfg.algo.name == "ppo")
         self.step = 0
         self.progress = progress or (lambda step, metrics: None)
         self.pad_id = tokenizer.pad_token_id
@@ -86,14 +93,16 @@ class Trainer:
             rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))))
         exp = self.pack(rollout)
         # Reward, reference logprobs and the learner's own logprobs/values need only the
-        # samples, not each other: run the three passes at once.
+        # samples, not each other: run the passes at once.
         with timer("score"):
             rewards_f = self.roles.reward.score_async(*self.reward_inputs(batch, rollout))
             ref_f = self.roles.reference.logprobs_async(exp.sequences, exp.attention_mask, exp.prompt_len,
                                                         exp.response_len) if self.use_kl else None
-            forward_f = self.roles.learner.forward_async(exp)
+            forward_f = None if self.skip_forward else self.roles.learner.forward_async(exp)
             rewards, components = rewards_f.result()
-            forward = forward_f.result()
+            # Skipped: the engine's logprobs of its own samples stand in for the KL estimate; the
+            # update reports entropy and the behaviour gap from its own pass.
+            forward = forward_f.result() if forward_f else {"old_logprobs": exp.rollout_logprobs, "entropy": None}
             ref_logprobs = ref_f.result() if ref_f is not None else None
         # Advantages are pure tensor math (rlhf.algos), done here on the driver.
         with timer("advantages"):
@@ -165,16 +174,17 @@ class Trainer:
         mask = exp.response_mask
         r = torch.tensor(rewards)
         lengths = mask.sum(-1)
-        behaviour_gap = (exp.rollout_logprobs - exp.old_logprobs).abs()[mask.bool()]
         metrics = {
             "reward/mean": float(r.mean()), "reward/std": float(r.std()) if len(r) > 1 else 0.0,
             "objective/kl": kl, "objective/kl_coef": self.kl_ctl.value,
-            "objective/entropy": float(algos.masked_mean(forward["entropy"], mask)),
             "rollout/response_length": float(lengths.mean()),
             "rollout/truncated_fraction": sum(f == "length" for f in rollout.finish_reason) / len(rollout),
-            "rollout/behaviour_logprob_diff": float(behaviour_gap.mean()) if len(behaviour_gap) else 0.0,
             "perf/samples": float(len(rollout)), "perf/tokens": float(lengths.sum()),
         }
+        if forward["entropy"] is not None:  # else the update reports both (skipped old pass)
+            behaviour_gap = (exp.rollout_logprobs - exp.old_logprobs).abs()[mask.bool()]
+            metrics["objective/entropy"] = float(algos.masked_mean(forward["entropy"], mask))
+            metrics["rollout/behaviour_logprob_diff"] = float(behaviour_gap.mean()) if len(behaviour_gap) else 0.0
         metrics.update({k: sum(v) / len(v) for k, v in components.items()})
         return metrics
 

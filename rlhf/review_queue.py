@@ -91,13 +91,13 @@ def plan_batch(candidates: list[Candidate], production: list[dict], open_keys: s
 
     plan: list[Planned] = []
     for p in production:
-        if len(plan) >= int(r.batch_size * r.production_fraction):
+        if len(plan) >= _share(r.batch_size, r.production_fraction):
             break
         if claim(p["prompt"]):
             plan.append(_production_item(p))
     pool = list({question_key(c.question): c for c in candidates
                  if question_key(c.question) not in taken}.values())
-    for c in rng.sample(pool, min(round(r.batch_size * r.random_fraction), len(pool))):
+    for c in rng.sample(pool, min(_share(r.batch_size, r.random_fraction), len(pool))):
         claim(c.question)
         i = rng.randrange(len(c.answers))
         plan.append(Planned("rate", "random", c.question, [c.answers[i]], _finish(c, [i])))
@@ -106,13 +106,17 @@ def plan_batch(candidates: list[Candidate], production: list[dict], open_keys: s
               "disagree": sorted((c for c in candidates if c.distinct), key=lambda c: -c.disagreement)}
     while len(plan) < r.batch_size and any(ranked.values()):
         for reason, queue in ranked.items():
-            c = _next_unclaimed(queue, claim)
-            if c is not None and len(plan) < r.batch_size:
+            c = _next_unclaimed(queue, claim) if len(plan) < r.batch_size else None
+            if c is not None:
                 order = rng.sample(range(2), 2)  # which sample shows as A is chance, not rank
                 plan.append(Planned("compare", reason, c.question, [c.answers[i] for i in order], _finish(c, order),
                                     score=c.margin if reason == "uncertain" else c.disagreement))
     rng.shuffle(plan)
     return plan
+
+
+def _share(batch_size: int, fraction: float) -> int:
+    return int(batch_size * fraction + 1e-9)  # 1/3 of 6 is 2, not 1.9999
 
 
 def _finish(c: Candidate, order: list[int]) -> list[str] | None:

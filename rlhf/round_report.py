@@ -30,8 +30,7 @@ def _comparison(report: dict, other: dict, title: str) -> list[str]:
         d = other["diff"].get(name)
         if d is None:
             continue
-        new = report["metrics"].get(name)
-        old = None if new is None else new - d["mean"]
+        new, old = report["metrics"].get(name), other["metrics"].get(name)
         lines.append(f"| {label} | {_num(old)} | {_num(new)} | {d['mean']:+.3f} {_ci(d['ci95'])} |")
     lines += [f"| win rate of round {report['round']} (judge: {other['win_judge']}) | | {_num(other['win_rate'])} | "
               f"{_ci(other['win_rate_ci95'])} |", ""]

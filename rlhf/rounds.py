@@ -70,6 +70,17 @@ def is_better_or_equal(metric: str, value: float | None, best: float | None, tol
     return value >= best - tolerance
 
 
+def decide(metric: str, value: float | None, best: dict, tolerance: float) -> tuple[bool, str]:
+    """(promote?, the sentence that says why) for a round whose validation `metric` is `value`,
+    against `best`, the promoted round's report."""
+    best_value = best["metrics"].get(metric)
+    if value is None or best_value is None:
+        return False, f"{metric} is undefined on this validation set, so the round cannot be promoted"
+    ok = is_better_or_equal(metric, value, best_value, tolerance)
+    relation = "not worse than" if ok else "worse than"
+    return ok, f"{metric} {value:.4f} is {relation} {best_value:.4f} of round {best['round']} (tolerance {tolerance:g})"
+
+
 def validation_spec(cfg: Config) -> dict:
     e = cfg.eval
     return {"data": e.data, "size": e.size, "seed": e.seed, "max_new_tokens": e.max_new_tokens,
@@ -231,31 +242,26 @@ def _answers(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def compare_rounds(run_dir: Path, new: int, old: int, cfg: Config) -> dict:
-    """Paired comparison of two rounds' validation answers (same questions, same order)."""
+def compare_rounds(run_dir: Path, new: int, old: dict, cfg: Config) -> dict:
+    """Paired comparison of round `new`'s validation answers with those of the round whose
+    report is `old` (same questions, same order)."""
     from rlhf.evaluate import compare
 
-    mine, theirs = _answers(run_dir / f"round-{new:03d}"), _answers(run_dir / f"round-{old:03d}")
+    mine, theirs = _answers(run_dir / f"round-{new:03d}"), _answers(run_dir / f"round-{old['round']:03d}")
     if [q["question"] for q in mine] != [q["question"] for q in theirs]:
-        raise RoundError(f"rounds {new} and {old} were evaluated on different questions")
+        raise RoundError(f"rounds {new} and {old['round']} were evaluated on different questions")
     summary, _ = compare(mine, theirs, None, cfg.eval.bootstrap, cfg.eval.seed)
     summary.pop("kl_to_baseline", None)
     summary.pop("kl_to_baseline_ci95", None)
-    return {"round": old, **summary}
+    return {"round": old["round"], "metrics": old["metrics"], **summary}
 
 
 def _report(cfg, n, model, result, best, previous, exported, training, agreement) -> dict:
     from rlhf.pipeline import file_hash
 
     r, run_dir = cfg.review, Path(cfg.review.run_dir).resolve()
-    metric, value, best_value = r.promote_metric, result.get(r.promote_metric), best["metrics"].get(r.promote_metric)
-    ok = is_better_or_equal(metric, value, best_value, r.tolerance)
-    if value is None:
-        decision = f"{metric} is undefined on this validation set, so the round cannot be promoted"
-    else:
-        relation = "not worse than" if ok else "worse than"
-        decision = (f"{metric} {value:.4f} is {relation} {best_value:.4f} of round {best['round']} "
-                    f"(tolerance {r.tolerance:g})")
+    metric, value = r.promote_metric, result.get(r.promote_metric)
+    ok, decision = decide(metric, value, best, r.tolerance)
     reached = bool(r.target) and value is not None and (
         value <= r.target if metric in LOWER_IS_BETTER else value >= r.target)
     return {
@@ -263,8 +269,8 @@ def _report(cfg, n, model, result, best, previous, exported, training, agreement
         "base_round": best["round"], "previous_round": previous["round"], "previous_promoted": previous["promoted"],
         "target": r.target or None, "target_reached": reached, "validation": validation_spec(cfg), "n": result["n"],
         "metrics": _metrics(result), "ci95": result.get("ci95", {}),
-        "vs_promoted": compare_rounds(run_dir, n, best["round"], cfg),
-        "vs_previous": (compare_rounds(run_dir, n, previous["round"], cfg)
+        "vs_promoted": compare_rounds(run_dir, n, best, cfg),
+        "vs_previous": (compare_rounds(run_dir, n, previous, cfg)
                         if previous["round"] != best["round"] else None),
         "data": {name: {"rows": e["rows"], "hash": file_hash(e["path"])} for name, e in exported.items()},
         "training": training, "agreement": agreement, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),

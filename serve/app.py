@@ -133,6 +133,16 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def answer_record(job: Job, ans: Answer, model_name: str) -> AnswerRecord:
+    """What the store keeps of an answer. A refusal after generation (the output guard) keeps
+    the model's own text as `withheld`, for reviewers; the user only ever saw the refusal."""
+    gen = ans.gen
+    return AnswerRecord(job.id, job.route, model_name, job.prompt, ans.text, ans.finish_reason,
+                        blocked=ans.guardrail["reason"] if ans.guardrail else None, messages=job.messages,
+                        prompt_tokens=len(job.ids), completion_tokens=gen.completion_tokens if gen else 0,
+                        withheld=gen.text if ans.guardrail and gen is not None else None)
+
+
 # Serve pickles the class when it is decorated: everything it uses must be defined above.
 @serve.deployment(name="qa")
 @serve.ingress(api)
@@ -346,11 +356,7 @@ class QAServer:
         return ans
 
     async def _record(self, job: Job, ans: Answer, decisions: list[Decision]) -> None:
-        gen = ans.gen
-        rec = AnswerRecord(job.id, job.route, self.s.model_name, job.prompt, ans.text, ans.finish_reason,
-                           blocked=ans.guardrail["reason"] if ans.guardrail else None, messages=job.messages,
-                           prompt_tokens=len(job.ids), completion_tokens=gen.completion_tokens if gen else 0,
-                           withheld=gen.text if ans.guardrail and gen is not None else None)
+        rec = answer_record(job, ans, self.s.model_name)
         for d in decisions:
             metrics.GUARD.labels(d.stage, d.reason).inc()
         metrics.TOKENS.labels("prompt").inc(rec.prompt_tokens)

@@ -113,6 +113,7 @@ function skip() {
   fail("");
   say("Skipped; it comes back after the others.");
   render();
+  $("item-title").focus();
 }
 
 function reviewBody(item) {
@@ -170,6 +171,7 @@ async function signIn(key) {
     await load();
     sessionStorage.setItem(KEY_STORE, key);
     say(`Signed in as ${state.reviewer}.`);
+    if (!$("review").hidden) $("item-title").focus();
   } catch (e) {
     signOut(e.status === 401 || e.status === 403 ? e.message : `Could not load the queue: ${e.message}`);
   }

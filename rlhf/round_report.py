@@ -41,7 +41,8 @@ def _agreement(agreement: dict) -> list[str]:
     lines = ["## Reviewer agreement", "",
              f"{agreement['reviews']} reviews by {len(agreement['reviewers'])} reviewer(s); items reviewed "
              "more than once count below.", "",
-             "| what | items | pairs | exact | within 1 | mean abs diff | Krippendorff's alpha |", "|---|---|---|---|---|---|---|"]
+             "| what | items | pairs | exact | within 1 | mean abs diff | Krippendorff's alpha |",
+             "|---|---|---|---|---|---|---|"]
     rate = agreement["rate"]
     for name, a in [*rate["aspects"].items(), ("overall (mean of aspects)", rate["overall"])]:
         lines.append(f"| rating: {name} | {a['items']} | {a['pairs']} | {_num(a['exact'])} | {_num(a['within_1'])} | "

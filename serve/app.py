@@ -418,6 +418,8 @@ def check_serve_config(cfg: Config) -> None:
     need(s.max_ongoing_requests >= 1, "max_ongoing_requests", "must be at least 1")
     need(s.target_ongoing_requests > 0, "target_ongoing_requests", "must be positive")
     need(bool(s.feedback_db), "feedback_db", "must name a file")
+    keys = [k for k in s.reviewer_keys.values() if k]
+    need(len(keys) == len(set(keys)), "reviewer_keys", "two reviewers share a key; the key says who reviews")
     for name in ("input_guard", "output_guard"):
         folder = getattr(s, name)
         need(not folder or (Path(folder) / "config.json").is_file(), name,

@@ -5,13 +5,11 @@ two training rounds on a tiny model that learn what scripted reviewers prefer (s
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import socket
 import sqlite3
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -298,7 +296,11 @@ def test_review_config_checks():
 
 
 def test_reviewer_keys_name_the_reviewer(monkeypatch):
+    from serve.app import check_serve_config
     from serve.review_api import ReviewerKeys
+
+    with pytest.raises(ConfigError, match="share a key"):
+        check_serve_config(load_config(None, ["serve.reviewer_keys={alice: k, bob: k}"]))
 
     monkeypatch.setenv("RLHF_REVIEWER_KEYS", "bob=env-key, broken, =x")
     keys = ReviewerKeys({"alice": "cfg-key"}, ("boss",))
@@ -454,7 +456,8 @@ def _browser_config(tmp_path: Path, tiny_model_dir: str):
     return load_config(None, [
         f"model.path={tiny_model_dir}", "model.max_prompt_tokens=64", f"data.train={QUESTIONS}", "data.gym_size=64",
         f"eval.data={QUESTIONS}", "eval.size=16", "rollout.max_new_tokens=12",
-        f"serve.feedback_db={tmp_path / 'fb.sqlite'}", f"serve.api_keys=[{USER_KEY}]", f"serve.admin_keys=[{ADMIN_KEY}]",
+        f"serve.feedback_db={tmp_path / 'fb.sqlite'}", f"serve.api_keys=[{USER_KEY}]",
+        f"serve.admin_keys=[{ADMIN_KEY}]",
         "serve.reviewer_keys={" + ", ".join(f"{k}: {v}" for k, v in REVIEWERS.items()) + "}",
         "serve.max_tokens_limit=64", "serve.default_max_tokens=12", "serve.health_check_period_s=2",
         # An untrained scalar head on the tiny model: real scores, so the `uncertain` slice is real too.
@@ -714,7 +717,7 @@ def _digits(text: str) -> int:
     return sum(ch.isdigit() for ch in text)
 
 
-def _sampled_digits(model_dir: str, questions: list[str], samples: int = 8, max_new_tokens: int = 16) -> float:
+def _sampled_digits(model_dir: str, questions: list[str], samples: int = 4, max_new_tokens: int = 16) -> float:
     """Digits per sampled answer (temperature 1) on the validation questions. Sampling, not the
     rounds' greedy answers: greedy decoding of a random tiny model flips all at once, while the
     sampled distribution shows how far the reviews moved the model."""
@@ -736,8 +739,8 @@ def _sampled_digits(model_dir: str, questions: list[str], samples: int = 8, max_
 
 
 def _script_reviews(db: Path) -> int:
-    """The scripted reviewer prefers the answer with more digits (ties: no preference stated
-    beyond the first); returns the number of reviews given."""
+    """The scripted reviewer picks the answer with more digits (the first of two that tie);
+    returns the number of reviews given."""
     store = FeedbackStore(db)
     reviews = ReviewStore(store)
     items = reviews.queue_for("script", limit=500)["items"]

@@ -79,7 +79,8 @@ function buildAspects() {
     legend.append(label, help);
     set.append(legend);
     for (let v = 1; v <= 5; v++) {
-      const input = Object.assign(document.createElement("input"), { type: "radio", name, value: String(v), id: `${name}-${v}` });
+      const input = Object.assign(document.createElement("input"),
+        { type: "radio", name, value: String(v), id: `${name}-${v}` });
       const score = Object.assign(document.createElement("label"), { htmlFor: input.id, className: "score" });
       score.append(input, String(v));
       set.append(score);
@@ -148,7 +149,8 @@ async function submit() {
   state.busy = true;
   $("submit").disabled = true;
   try {
-    const saved = await api(`/review/items/${encodeURIComponent(item.id)}`, { method: "POST", body: JSON.stringify(body) });
+    const path = `/review/items/${encodeURIComponent(item.id)}`;
+    const saved = await api(path, { method: "POST", body: JSON.stringify(body) });
     state.items.shift();
     Object.assign(state, { done: saved.done, left: saved.left });
     say("Saved.");

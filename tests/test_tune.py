@@ -184,13 +184,13 @@ def test_finetune_sweeps_are_checked_for_their_stage():
     checks.check_metric("val/accuracy", [rm])
     # The trial's group holds the trial process; Ray Train places its workers itself, and they
     # count in what one trial needs (so in how many run at once).
-    assert checks.trial_bundles(sft) == [{"CPU": 1.0}]
-    assert checks.trial_needs(configs) == {"CPU": 2.0}
+    assert checks.trial_bundles(sft) == [{"CPU": 0.01}]  # a token share: the trial only waits on Ray Train
+    assert checks.trial_needs(configs) == {"CPU": 1.01}
     two = trial_config(to_dict(sft), {"sft.num_workers": 2})
-    assert checks.trial_needs([two]) == {"CPU": 3.0}
-    assert checks.local_cpus(two, {"CPU": 3.0}, cores=2) == 3.0  # two workers busy: one trial on 2 cores
+    assert checks.trial_needs([two]) == {"CPU": 2.01}
+    assert checks.local_cpus(two, {"CPU": 2.01}, cores=2) == 2.01  # two workers busy: one trial on 2 cores
     with pytest.raises(ConfigError, match="lower sft.num_workers"):
-        checks.check_concurrency(two, {"CPU": 3.0}, {"CPU": 2.0}, "the Ray cluster")
+        checks.check_concurrency(two, {"CPU": 2.01}, {"CPU": 2.0}, "the Ray cluster")
     # Length: one report before training, then one per step.
     assert stages.planned_steps(sft) == 4 and stages.reports(sft) == 5
     with pytest.raises(ConfigError, match="set sft.max_steps"):

@@ -127,7 +127,7 @@ def check_concurrency(cfg: Config, needs: dict[str, float], available: dict[str,
     if room < 1:
         lower = ("learner.num_ranks / rollout.num_engines" if cfg.tune.stage == "rl"
                  else f"{cfg.tune.stage}.num_workers")
-        raise ConfigError(f"resources: one trial needs {per_trial} (1 CPU for the trial, the rest for its "
+        raise ConfigError(f"resources: one trial needs {per_trial} (the trial's process and its "
                           f"{'roles' if cfg.tune.stage == 'rl' else 'workers'}) but {where} has {have}; "
                           f"lower {lower} or resources.*")
     wanted = cfg.tune.max_concurrent

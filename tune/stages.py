@@ -7,7 +7,11 @@
   <stage>.max_steps optimizer steps with validation every step; one report per validation, the
   first before any update (step 0). Ray Train places its workers in a placement group of its own
   (it cannot nest in the trial's), so the trial's group holds only the trial process and the
-  workers' CPUs count in the trial's needs, which bound how many trials run at once.
+  workers' CPUs count in the trial's needs, which bound how many trials run at once. The trial
+  process only waits on Ray Train's controller, so its bundle is a token CPU share: Tune keeps
+  a finished trial's group for the next one and stages groups ahead, and with a whole CPU each
+  those groups took the core the next trial's workers were waiting for (seen here: a sweep
+  that never got past its second trial).
 
 Pure functions of the config: checked before Ray starts.
 """
@@ -18,7 +22,8 @@ from rlhf.config import Config, ConfigError
 from rlhf.resources import role_bundles
 
 FINETUNE = ("sft", "rm", "dpo")
-TRIAL_BUNDLE = {"CPU": 1.0}  # the trial's own process: it runs the driver loop, the roles do the work
+TRIAL_BUNDLE = {"CPU": 1.0}  # an RL trial's own process: it runs the driver loop, the roles do the work
+FINETUNE_TRIAL_BUNDLE = {"CPU": 0.01}  # a finetune trial's process: it waits on Ray Train
 
 # What every finetune validation reports (rlhf/finetune.py `_train_loop`); `train/*` is absent
 # from the step-0 report, so it is not promised here.
@@ -55,7 +60,7 @@ def check_stage(cfg: Config) -> None:
 def trial_bundles(cfg: Config) -> list[dict[str, float]]:
     """The trial's placement group."""
     if cfg.tune.stage in FINETUNE:
-        return [dict(TRIAL_BUNDLE)]
+        return [dict(FINETUNE_TRIAL_BUNDLE)]
     return [dict(TRIAL_BUNDLE)] + role_bundles(cfg).bundles
 
 

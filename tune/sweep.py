@@ -141,7 +141,10 @@ def start_ray(cfg: Config, needs: dict[str, float]) -> str:
     room = checks.check_concurrency(cfg, needs, pool, where)
     # Logical CPUs for exactly the trials wanted: Tune then never packs in more.
     num_cpus = cfg.resources.num_cpus or math.ceil(needs.get("CPU", 1.0) * room)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=False)
+    # Ray Train (finetune trials) frees its workers' placement group through a cleaner that asks
+    # the dashboard's state API whether the run's controller is gone; without the dashboard the
+    # group of an ended trial stays reserved and the next trial's workers wait for it forever.
+    ray.init(num_cpus=num_cpus, include_dashboard=cfg.tune.stage != "rl", runtime_env=env, log_to_driver=False)
     return "local"
 
 

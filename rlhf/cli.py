@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rlhf.cli_common import CONFIG_ARG, OVERRIDES_ARG, console, fail, load, out, say
+from rlhf.cli_jobs import jobs_app, submit
 from rlhf.cli_review import review_app, round_command
 from rlhf.config import DATA_KINDS, ConfigError, field_docs, load_config
 
@@ -26,33 +27,11 @@ config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
-
-console = Console(stderr=True)
-out = Console()
-
-CONFIG_ARG = typer.Argument(..., help="YAML config file (see examples/).")
-OVERRIDES_ARG = typer.Argument(None, help="Dotted overrides, e.g. algo.kl_coef=0.05 train.steps=10.")
-
-
-def say(message: str) -> None:
-    """A progress line, printed as is ("[sft] ..." is not rich markup)."""
-    console.print(message, markup=False, highlight=False)
-
-
-def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
+app.add_typer(jobs_app, name="jobs")  # rlhf/cli_jobs.py
+app.command()(submit)
 
 def not_built(command: str) -> None:
     fail(f"`rlhf {command}` is not built yet in this version; nothing was run.", code=3)
-
-
-def _load(config: Path, overrides: Optional[list[str]]):
-    try:
-        return load_config(config, overrides or [])
-    except ConfigError as exc:
-        fail(str(exc))
 
 
 # ----------------------------------------------------------------------------- training
@@ -66,7 +45,7 @@ def train(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in the run directory."),
 ) -> None:
     """Run RL (PPO, GRPO, RLOO, REINFORCE++) with Ray actors: vLLM rollout, reward, reference, ZeRO-3 learner."""
-    cfg = _load(config, overrides)
+    cfg = load(config, overrides)
     from actors.driver import run_training
     from actors.launch import ActorFailed
     from rlhf.loop import Interrupted
@@ -113,7 +92,7 @@ def _finetune(kind: str, cfg, out_path: Optional[Path], paths: Optional[list[str
 def sft(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG,
         out_dir: Optional[Path] = OUT_OPT) -> None:
     """Supervised fine-tuning on QA pairs (answer tokens only; DeepSpeed ZeRO-3 through Ray Train)."""
-    _finetune("sft", _load(config, overrides), out_dir)
+    _finetune("sft", load(config, overrides), out_dir)
 
 
 @app.command()
@@ -121,7 +100,7 @@ def rm(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_ARG
        pairs: Optional[list[str]] = typer.Option(None, help="Preference/ratings/rankings files (repeatable)."),
        out_dir: Optional[Path] = OUT_OPT) -> None:
     """Train a reward model on preference pairs (Bradley-Terry) through Ray Train."""
-    _finetune("rm", _load(config, overrides), out_dir, pairs)
+    _finetune("rm", load(config, overrides), out_dir, pairs)
 
 
 @app.command()
@@ -129,7 +108,7 @@ def dpo(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRIDES_AR
         pairs: Optional[list[str]] = typer.Option(None, help="Preference/ratings/rankings files (repeatable)."),
         out_dir: Optional[Path] = OUT_OPT) -> None:
     """Direct preference optimisation on preference pairs, the offline alternative to RM + RL."""
-    _finetune("dpo", _load(config, overrides), out_dir, pairs)
+    _finetune("dpo", load(config, overrides), out_dir, pairs)
 
 
 @app.command("eval")
@@ -144,7 +123,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model on held-out questions (accuracy, quality proxies, win rate and KL
     against a baseline) and write report.md, report.json, answers.jsonl and plots."""
-    cfg = _load(config, overrides)
+    cfg = load(config, overrides)
     from rlhf.data import DataError
     from rlhf.evaluate import evaluate as run_eval
     from rlhf.models import ModelError
@@ -175,7 +154,7 @@ def pipeline(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERRID
     from rlhf.pipeline import Pipeline, StageError
     from rlhf.pipeline_stages import runners
 
-    cfg = _load(config, overrides)
+    cfg = load(config, overrides)
     folder = (run_dir or Path(cfg.pipeline.run_dir)).resolve()
     try:
         Pipeline(cfg, folder, runners(run_training), log=say).run()
@@ -269,7 +248,7 @@ def tune(
 ) -> None:
     """Hyperparameter sweeps with Ray Tune: short RL trials, ASHA/PBT/FIFO, best config and plot."""
     options = {"num_samples": trials, "scheduler": scheduler, "metric": metric, "mode": mode}
-    cfg = _load(config, [*(overrides or []), *(f"tune.{k}={v}" for k, v in options.items() if v is not None)])
+    cfg = load(config, [*(overrides or []), *(f"tune.{k}={v}" for k, v in options.items() if v is not None)])
     from tune.sweep import SweepInterrupted, TrialsFailed, run_sweep
 
     try:
@@ -283,108 +262,6 @@ def tune(
     except TrialsFailed as exc:
         fail(str(exc), code=1)
     out.print(str(result.best_config or result.run_dir), soft_wrap=True)
-
-
-ADDRESS_OPT = typer.Option(
-    None, help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS, an http "
-    "RAY_ADDRESS, else that one).")
-
-
-@app.command()
-def submit(
-    config: Path = CONFIG_ARG,
-    overrides: Optional[list[str]] = OVERRIDES_ARG,
-    address: Optional[str] = ADDRESS_OPT,
-    follow: bool = typer.Option(False, "--follow", help="Stream the job's log until it ends; exit 1 unless it succeeds."),
-    run_dir: Optional[str] = typer.Option(
-        None, help="Run directory on the node that runs the job; relative paths go under its home "
-        "directory (default ~/rlhf-runs/<job id>)."),
-    check_resources: bool = typer.Option(
-        True, help="Compare the run's CPUs/GPUs with the cluster's before submitting (skip it for a "
-        "cluster that will autoscale up)."),
-) -> None:
-    """Submit a training run (`rlhf train`) to a Ray cluster as a Ray job; prints the job id."""
-    from rlhf import jobs
-
-    submitted: list[str] = []
-
-    def say(job_id: str) -> None:
-        submitted.append(job_id)
-        typer.echo(job_id)
-
-    try:
-        rep = jobs.submit(config, overrides or [], address=address, follow=follow, run_dir=run_dir,
-                          check_resources=check_resources, say=say, write=lambda text: typer.echo(text, nl=False))
-    except (ConfigError, jobs.JobError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail(f"stopped following; the job goes on (`rlhf jobs stop {submitted[0]}` stops it)" if submitted
-             else "interrupted before the job was submitted", code=130)
-    if not follow:
-        where = f" --address {address}" if address else ""
-        console.print(f"follow it with: rlhf jobs logs {rep.job_id} --follow{where}", markup=False, soft_wrap=True)
-    else:
-        _job_outcome(rep)
-
-
-def _job_outcome(rep) -> None:
-    """Print how a followed job ended; exit 1 unless it succeeded."""
-    from rlhf.jobs import describe
-
-    if not rep.ok:
-        fail(describe(rep), code=1)
-    console.print(describe(rep), markup=False, highlight=False, soft_wrap=True)
-
-
-# ----------------------------------------------------------------------------- jobs
-
-jobs_app = typer.Typer(help="Follow and control runs submitted as Ray jobs.", no_args_is_help=True)
-app.add_typer(jobs_app, name="jobs")
-JOB_ID_ARG = typer.Argument(..., help="Job id, as printed by `rlhf submit`.")
-
-
-@jobs_app.command("status")
-def jobs_status(job_id: str = JOB_ID_ARG, address: Optional[str] = ADDRESS_OPT) -> None:
-    """A job's state, its run directory and, when it failed, its error and last log lines."""
-    from rlhf import jobs
-
-    try:
-        rep = jobs.status(job_id, address)
-    except jobs.JobError as exc:
-        fail(str(exc))
-    out.print(jobs.describe(rep), markup=False, highlight=False, soft_wrap=True)
-
-
-@jobs_app.command("logs")
-def jobs_logs(
-    job_id: str = JOB_ID_ARG,
-    address: Optional[str] = ADDRESS_OPT,
-    follow: bool = typer.Option(False, "--follow", help="Stream until the job ends; exit 1 unless it succeeds."),
-) -> None:
-    """A job's log so far, or streamed to its end."""
-    from rlhf import jobs
-
-    try:
-        rep = jobs.logs(job_id, address, follow=follow, write=lambda text: typer.echo(text, nl=False))
-    except jobs.JobError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("stopped following; the job goes on", code=130)
-    if follow:
-        _job_outcome(rep)
-
-
-@jobs_app.command("stop")
-def jobs_stop(job_id: str = JOB_ID_ARG, address: Optional[str] = ADDRESS_OPT) -> None:
-    """Stop a running job (its actors and placement group go with it)."""
-    from rlhf import jobs
-
-    try:
-        was_running, rep = jobs.stop(job_id, address)
-    except jobs.JobError as exc:
-        fail(str(exc))
-    note = "stop requested" if was_running else "it had already finished"
-    out.print(f"{note}; job {rep.job_id}: {rep.status}", markup=False, highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- data
@@ -429,7 +306,7 @@ def data_pairs(config: Path = CONFIG_ARG, overrides: Optional[list[str]] = OVERR
     from rlhf import data
     from rlhf.stages import generate_pairs
 
-    cfg = _load(config, overrides)
+    cfg = load(config, overrides)
     try:
         info = generate_pairs(cfg, model or cfg.model.path, out_file)
     except data.DataError as exc:

@@ -10,37 +10,18 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rlhf.config import ConfigError, load_config
+from rlhf.cli_common import CONFIG_ARG, console, fail, out, say
+from rlhf.cli_common import load as _load
+from rlhf.config import ConfigError
+
+OVERRIDES_ARG = typer.Argument(None, help="Dotted overrides, e.g. review.batch_size=10.")
 
 review_app = typer.Typer(help="Human review: fill the review queue, check reviewer agreement.",
                          no_args_is_help=True)
-console = Console(stderr=True)
-out = Console()
-
-CONFIG_ARG = typer.Argument(..., help="YAML config file (see examples/).")
-OVERRIDES_ARG = typer.Argument(None, help="Dotted overrides, e.g. review.batch_size=10.")
 DB_OPT = typer.Option(None, "--db", help="Feedback SQLite file (default serve.feedback_db).")
-
-
-def say(message: str) -> None:
-    """A progress line, printed as is ("[round 1] ..." is not rich markup)."""
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _load(config: Optional[Path], overrides: Optional[list[str]]):
-    try:
-        return load_config(config, overrides or [])
-    except ConfigError as exc:
-        fail(str(exc))
 
 
 def _table(title: str, header: list[str], rows: list[list]) -> Table:

@@ -7,19 +7,7 @@ every round so far. The numbers come from report.json (rlhf/rounds.py); nothing 
 
 from __future__ import annotations
 
-import math
-
-from rlhf.report import LABELS
-
-
-def _num(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.3f}"
-
-
-def _ci(ci) -> str:
-    return f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else ""
+from rlhf.report import LABELS, _ci, _num
 
 
 def _comparison(report: dict, other: dict, title: str) -> list[str]:

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 
 OWN = CollectorRegistry(auto_describe=True)
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/ask", "/feedback", "/v1/models", "/healthz",
-          "/metrics", "/admin/stats", "/admin/decisions")
+          "/metrics", "/admin/stats", "/admin/decisions", "/review", "/review/items", "/review/agreement")
 
 REQUESTS = Counter("rlhf_serve_requests", "HTTP requests by route and status code.", ["route", "status"], registry=OWN)
 LATENCY = Histogram("rlhf_serve_request_seconds", "Time to the end of the response, by route.", ["route"],
@@ -46,7 +46,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_note)
         finally:
             route = scope.get("path", "")
-            route = route if route in ROUTES else "other"
+            route = _label(route)
             REQUESTS.labels(route, str(status[0])).inc()
             LATENCY.labels(route).observe(time.perf_counter() - started)
 
@@ -54,3 +54,12 @@ class MetricsMiddleware:
 def render() -> bytes:
     """Our metrics, then whatever the process registered globally (vLLM's engine metrics)."""
     return generate_latest(OWN) + generate_latest(REGISTRY)
+
+
+def _label(path: str) -> str:
+    """The route a path belongs to (one label per review item or asset would grow without end)."""
+    if path.startswith("/review/items/"):
+        return "/review/items/{id}"
+    if path.startswith("/review/static/"):
+        return "/review/static"
+    return path if path in ROUTES else "other"

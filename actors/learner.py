@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from rlhf import algos
-from rlhf.batch import Experience
+from rlhf.batch import Experience, single_update
 from rlhf.config import Config
 from rlhf.models import load_causal_lm, load_critic, load_tokenizer, response_logprobs, token_values
 from rlhf.zero import build_engine, engine_config, gather_full_state, save_hf
@@ -65,7 +65,7 @@ class LearnerRank:
         self.device = torch.device("cuda", 0) if self.cfg.resources.use_gpu else torch.device("cpu")
         micro, accum = batch_geometry(self.cfg)
         self.micro = micro
-        self.single_update = algos.single_update(self.cfg.learner.ppo_epochs, self.cfg.learner.mini_batches,
+        self.single_update = single_update(self.cfg.learner.ppo_epochs, self.cfg.learner.mini_batches,
                                                  self.cfg.algo.name == "ppo")
         self.policy = self._engine(lambda: load_causal_lm(self.model_path, "float32"), self.cfg.learner.lr, micro, accum)
         self.critic = None

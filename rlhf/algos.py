@@ -364,14 +364,6 @@ def compute_advantages(
 # ----------------------------------------------------------------------------- losses
 
 
-def single_update(ppo_epochs: int, mini_batches: int, has_critic: bool) -> bool:
-    """Whether each batch gets exactly one optimizer step and no critic pass: then the policy
-    that sampled is the policy being updated, the PPO ratio is exactly 1 at the update, and the
-    separate pass for "old" logprobs can be skipped (old = the update's own logprobs, detached).
-    The gradient is the same; only a redundant forward over the batch goes."""
-    return ppo_epochs == 1 and mini_batches == 1 and not has_critic
-
-
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,

@@ -320,7 +320,7 @@ def data_feedback_export(
     out_dir: Path = typer.Argument(..., help="Folder for ratings.jsonl, preferences.jsonl, corrections.jsonl."),
 ) -> None:
     """Export endpoint feedback as ratings and preference pairs (for `rlhf rm` / `rlhf dpo`) and corrections (qa)."""
-    from serve.feedback import export_feedback
+    from rlhf.feedback import export_feedback
 
     try:
         written = export_feedback(db, out_dir)

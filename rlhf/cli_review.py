@@ -69,8 +69,8 @@ def agreement(
     db: Optional[Path] = DB_OPT,
 ) -> None:
     """How far reviewers agree on items several of them reviewed (pairwise and Krippendorff's alpha)."""
-    from serve.feedback import FeedbackStore
-    from serve.review_store import ReviewStore
+    from rlhf.feedback import FeedbackStore
+    from rlhf.review_store import ReviewStore
 
     path = db or Path(_load(config, overrides).serve.feedback_db)
     if not path.is_file():

@@ -4,7 +4,7 @@
              -> update -> weight sync (+ logprob agreement probe)
 
 With one optimizer step per batch and no critic the old-logprob pass is skipped: the update's
-own pass gives the same numbers (rlhf.algos.single_update).
+own pass gives the same numbers (rlhf.batch.single_update).
 
 The driver talks to its roles through the small interfaces below, so tests can hand it
 in-process objects and the real run hands it Ray actors (actors/launch.py).
@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from rlhf import algos
-from rlhf.batch import Experience, Rollout, pack_sequences, pad_float_lists
+from rlhf.batch import Experience, Rollout, pack_sequences, pad_float_lists, single_update
 from rlhf.config import Config
 from rlhf.prompts import PromptBatch, PromptSampler, PromptSet
 from rlhf.tracking import MetricsLog, Timer, plot_metrics
@@ -76,8 +76,8 @@ class Trainer:
         self.kl_ctl = algos.make_kl_controller(cfg.algo)
         self.use_kl = roles.reference is not None and cfg.algo.kl_coef > 0
         # One optimizer step per batch and no critic: the learner's update pass is its own "old"
-        # pass (rlhf.algos.single_update), so the score phase runs reward and reference only.
-        self.skip_forward = algos.single_update(cfg.learner.ppo_epochs, cfg.learner.mini_batches,
+        # pass (rlhf.batch.single_update), so the score phase runs reward and reference only.
+        self.skip_forward = single_update(cfg.learner.ppo_epochs, cfg.learner.mini_batches,
                                                 cfg.algo.name == "ppo")
         self.step = 0
         self.progress = progress or (lambda step, metrics: None)

@@ -34,8 +34,8 @@ from rlhf.config import Config, ReviewConfig
 from rlhf.models import load_tokenizer, resolve_model_path, vllm_engine_kwargs
 from rlhf.prompts import encode_prompt, render_prompt
 from rlhf.rewards import combine, token_f1_score
-from serve.feedback import AnswerRecord, FeedbackStore
-from serve.review_store import NewItem, ReviewStore, question_key
+from rlhf.feedback import AnswerRecord, FeedbackStore
+from rlhf.review_store import NewItem, ReviewStore, question_key
 
 
 @dataclass

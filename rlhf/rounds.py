@@ -2,7 +2,7 @@
 
 A round
 1. exports the reviews (and, with review.production_feedback, the endpoint users' feedback) as
-   preference pairs, ratings and corrected QA pairs (serve/feedback.py) into round-NNN/data/;
+   preference pairs, ratings and corrected QA pairs (rlhf/feedback.py) into round-NNN/data/;
 2. retrains from the last promoted model: DPO on the pairs, or a reward model on them and RL
    against it (review.method); with review.sft_corrections, SFT on the corrections first;
 3. evaluates the new model on the fixed validation set (eval.data, greedy, rlhf/evaluate.py);
@@ -93,7 +93,7 @@ def validation_spec(cfg: Config) -> dict:
 def run_round(cfg: Config, run_training: Callable | None = None, log: Callable[[str], None] = print) -> dict:
     """Run the next round; returns its report (also round-NNN/report.json). `run_training` is
     the RL entry point (actors/driver.py), needed only for review.method rm+rl."""
-    from serve.feedback import export_feedback
+    from rlhf.feedback import export_feedback
 
     _check_config(cfg, run_training)
     run_dir = Path(cfg.review.run_dir).resolve()  # Ray Train workers run in other directories
@@ -227,8 +227,8 @@ def _last_val(rows: list[dict]) -> dict:
 
 
 def _agreement(cfg: Config) -> dict:
-    from serve.feedback import FeedbackStore
-    from serve.review_store import ReviewStore
+    from rlhf.feedback import FeedbackStore
+    from rlhf.review_store import ReviewStore
 
     store = FeedbackStore(cfg.serve.feedback_db)
     try:

@@ -7,7 +7,7 @@ Routes (FastAPI ingress):
   GET  /v1/models, GET /healthz (open), GET /metrics (open, Prometheus)
   GET  /admin/stats, GET /admin/decisions?limit=N   (admin key)
   GET  /review (the review page, static), GET /review/items, POST /review/items/{id},
-       GET /review/agreement   (reviewer or admin key; serve/review_api.py, serve/review_store.py)
+       GET /review/agreement   (reviewer or admin key; serve/review_api.py, rlhf/review_store.py)
 
 A request flows: key check -> JSON and field checks -> context-window check -> input guard ->
 engine -> output guard -> answer and guard decisions recorded in SQLite -> response. Client
@@ -40,12 +40,12 @@ from rlhf.config import Config, ConfigError, from_dict, load_config, to_dict
 from serve import metrics, review_api
 from serve.auth import KeyChecker
 from serve.engine import Generation, QAEngine
-from serve.feedback import AnswerRecord, FeedbackError, FeedbackStore
+from rlhf.feedback import AnswerRecord, FeedbackError, FeedbackStore
 from serve.guardrails import Decision, Guard
 from serve.openai_api import (SSE_DONE, ApiError, AskRequest, ChatCompletionRequest, CompletionRequest,
                               FeedbackRequest, chat_chunk, chat_completion, completion, completion_chunk,
                               parse_json, parse_model, sse, usage, usage_chunk)
-from serve.review_store import ReviewError, ReviewStore
+from rlhf.review_store import ReviewError, ReviewStore
 
 log = logging.getLogger("ray.serve")
 MAX_BODY_BYTES = 4 << 20

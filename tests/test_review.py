@@ -17,9 +17,9 @@ import pytest
 from rlhf.agreement import krippendorff_alpha, pairwise
 from rlhf.config import ConfigError, ReviewConfig, load_config
 from rlhf.review_queue import Candidate, plan_batch
-from serve.feedback import AnswerRecord, FeedbackStore, export_feedback
+from rlhf.feedback import AnswerRecord, FeedbackStore, export_feedback
 from serve.openai_api import ApiError, parse_model
-from serve.review_store import NewItem, ReviewError, ReviewStore, question_key
+from rlhf.review_store import NewItem, ReviewError, ReviewStore, question_key
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"

@@ -13,7 +13,7 @@ import pytest
 
 from rlhf.config import ConfigError, ServeConfig, load_config
 from serve.auth import KeyChecker
-from serve.feedback import AnswerRecord, FeedbackError, FeedbackStore, export_feedback
+from rlhf.feedback import AnswerRecord, FeedbackError, FeedbackStore, export_feedback
 from serve.guardrails import Decision, Guard, find_injection, find_pii
 from serve.openai_api import (ApiError, AskRequest, ChatCompletionRequest, CompletionRequest, FeedbackRequest,
                               parse_json, parse_model)

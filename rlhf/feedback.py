@@ -16,7 +16,7 @@ Export (`rlhf data feedback-export DB OUT_DIR`) writes files in the schemas of r
   correction (the corrected answer is preferred to the original).
 - corrections.jsonl: question, answer (kind qa), for supervised fine-tuning.
 Refusals written by the guard are not the model's words and are left out. Reviews from the
-review page (serve/review_store.py, same file) are merged in: a reviewed answer's rating
+review page (rlhf/review_store.py, same file) are merged in: a reviewed answer's rating
 replaces a user's, compared pairs and corrections add preference pairs and QA rows.
 
 When the output guard replaces an answer with a refusal, the model's own text is kept in
@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.review_store import REVIEW_SCHEMA, review_corrections, review_preferences, review_ratings
+from rlhf.review_store import REVIEW_SCHEMA, review_corrections, review_preferences, review_ratings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (

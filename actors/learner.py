@@ -16,7 +16,7 @@ import torch
 
 from rlhf import algos
 from rlhf.batch import Experience, single_update
-from rlhf.config import Config
+from rlhf.config import Config, attention_impl, learner_bf16
 from rlhf.models import load_causal_lm, load_critic, load_tokenizer, response_logprobs, token_values
 from rlhf.zero import build_engine, engine_config, gather_full_state, save_hf
 
@@ -67,7 +67,10 @@ class LearnerRank:
         self.micro = micro
         self.single_update = single_update(self.cfg.learner.ppo_epochs, self.cfg.learner.mini_batches,
                                                  self.cfg.algo.name == "ppo")
-        self.policy = self._engine(lambda: load_causal_lm(self.model_path, "float32"), self.cfg.learner.lr, micro, accum)
+        attention = attention_impl(self.cfg)
+        # Loaded in fp32: DeepSpeed keeps fp32 master weights and casts the module to bf16 itself.
+        self.policy = self._engine(lambda: load_causal_lm(self.model_path, "float32", attention),
+                                   self.cfg.learner.lr, micro, accum)
         self.critic = None
         if self.cfg.algo.name == "ppo":
             self.critic = self._engine(lambda: load_critic(self.model_path, "float32"), self.cfg.learner.critic_lr,
@@ -76,8 +79,8 @@ class LearnerRank:
 
     def _engine(self, build, lr: float, micro: int, accum: int):
         ds, learner = self.cfg.learner.deepspeed, self.cfg.learner
-        config = engine_config(micro, accum, self.world_size, ds.zero_stage, ds.gradient_clipping, ds.bf16,
-                               ds.offload_optimizer)
+        config = engine_config(micro, accum, self.world_size, ds.zero_stage, ds.gradient_clipping,
+                               learner_bf16(self.cfg), ds.offload_optimizer)
         return build_engine(build, config, lr, self.cfg.model.lora, learner.warmup_steps,
                             tuple(learner.adam_betas), learner.weight_decay)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.config import Config
+from rlhf.config import Config, attention_impl
 from rlhf.models import load_causal_lm, response_logprobs
 
 
@@ -13,7 +13,7 @@ class ReferenceActor:
 
     def __init__(self, cfg: Config, model_path: str):
         torch.manual_seed(cfg.train.seed)
-        self.model = load_causal_lm(model_path, cfg.model.dtype).eval()
+        self.model = load_causal_lm(model_path, cfg.model.dtype, attention_impl(cfg)).eval()
         self.model.requires_grad_(False)
         self.micro_batch_size = cfg.learner.micro_batch_size
 

@@ -103,6 +103,7 @@ def trl_bf16(choice: str) -> bool:
 
 def run_ours(cfg) -> dict:
     from actors.driver import run_training
+    from rlhf.config import attention_impl, learner_bf16
 
     started = time.perf_counter()
     steps: list[dict] = []
@@ -120,7 +121,8 @@ def run_ours(cfg) -> dict:
     return {"train_begin": steps[0]["end"] - steps[0]["seconds"], "steps": steps,
             "load_average": [load_start, load_average()], "machine": machine(**info),
             "settings": {"rollout": f"vLLM {cfg.model.dtype}", "learner": f"ZeRO-{cfg.learner.deepspeed.zero_stage} x "
-                         f"{cfg.learner.num_ranks} ranks, bf16={cfg.learner.deepspeed.bf16}"}}
+                         f"{cfg.learner.num_ranks} ranks, bf16={learner_bf16(cfg)}, "
+                         f"attention {attention_impl(cfg)}"}}
 
 
 def run_trl(w: dict, python: str) -> dict:

@@ -41,6 +41,10 @@ class ModelConfig:
     (avx512_bf16 or AMX), else float32. Without native support bf16 matmuls are emulated on
     the CPU, >100x slower than fp32 (measured on an AVX2-only EPYC). auto is resolved when
     the config is loaded, so saved configs name what ran."""
+    attention: str = "auto"
+    """Attention kernel of the learner and reference (a transformers attn_implementation): auto,
+    eager, sdpa or flash_attention_2. auto is sdpa on GPUs and on CPUs for sequences over 512
+    tokens, else eager: for short QA sequences on CPU eager trained 14% faster than sdpa here."""
     max_prompt_tokens: int = 256
     """Prompts are truncated from the left to this many tokens."""
     chat_template: bool = True
@@ -122,8 +126,9 @@ class DeepSpeedConfig:
     """ZeRO stage (3 partitions parameters, gradients and optimizer states)."""
     offload_optimizer: bool = False
     """Keep optimizer states in CPU memory (GPU clusters)."""
-    bf16: bool = False
-    """Train in bfloat16 mixed precision."""
+    bf16: bool | None = None
+    """Train in bfloat16 mixed precision (bf16 weights and gradients, fp32 master weights and
+    Adam moments). Unset: on when model.dtype is bfloat16."""
     gradient_clipping: float = 1.0
     """Global gradient-norm clip."""
 
@@ -441,10 +446,29 @@ class Config:
 
 def from_dict(data: dict) -> Config:
     cfg = typed_yaml.build(Config, data or {})
-    if cfg.model.dtype == "auto":
-        cfg.model.dtype = "bfloat16" if cfg.resources.use_gpu or native_bf16() else "float32"
+    resolve_auto(cfg)
     validate(cfg)
     return cfg
+
+
+def resolve_auto(cfg: Config) -> None:
+    """Settle the hardware-dependent default (model.dtype), so saved configs name what ran."""
+    if cfg.model.dtype == "auto":
+        cfg.model.dtype = "bfloat16" if cfg.resources.use_gpu or native_bf16() else "float32"
+
+
+def learner_bf16(cfg: Config) -> bool:
+    """learner.deepspeed.bf16, where unset following model.dtype."""
+    ds = cfg.learner.deepspeed
+    return cfg.model.dtype == "bfloat16" if ds.bf16 is None else ds.bf16
+
+
+def attention_impl(cfg: Config) -> str:
+    """model.attention with auto settled from the config alone (see the field's docstring)."""
+    if cfg.model.attention != "auto":
+        return cfg.model.attention
+    short = cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens <= 512
+    return "eager" if short and not cfg.resources.use_gpu else "sdpa"
 
 
 def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

@@ -20,6 +20,8 @@ def validate(cfg) -> None:
     _check(cfg.algo.kl_estimator in ("k1", "k2", "k3"), "algo.kl_estimator", "expected k1, k2 or k3")
     _check(bool(cfg.model.path.strip()), "model.path", "is empty: set a folder, `smollm2`, `tiny` or a hub id")
     _check(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", "expected float32, bfloat16 or auto")
+    _check(cfg.model.attention in ("auto", "eager", "sdpa", "flash_attention_2"), "model.attention",
+           "expected auto, eager, sdpa or flash_attention_2")
     _check(
         cfg.rollout.weight_sync in ("auto", "shm", "object_store", "nccl"),
         "rollout.weight_sync",

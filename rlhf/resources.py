@@ -96,15 +96,18 @@ def role_bundles(cfg: Config) -> Layout:
         layout.add("learner", ask(cpu, r.gpus_per_learner))
     needs_reference = cfg.reference.enabled and cfg.algo.kl_coef > 0
     if r.colocate and needs_reference:
-        # Reward and reference are small forward-only models that take turns: one bundle's CPU
-        # is split between them, and each brings its own GPU fraction.
+        # Reward and reference are small forward-only models scored at the same time: one
+        # bundle's CPU is split between them, and each brings its own GPU fraction. Rule rewards
+        # are plain Python, so without a reward model the reference gets the whole bundle (its
+        # torch threads follow its CPUs: half a 2-CPU bundle ran it on one thread, 2.6x slower).
         shared_gpu = r.gpus_per_reward + r.gpus_per_reference
+        reward_cpu = cpu / 2 if cfg.reward.model_path else 0.0
         learner0 = layout.slots["learner"][0]
         if r.use_gpu and shared_gpu > 0 and r.gpus_per_learner + shared_gpu <= 1 + 1e-9:
-            index = layout.join("reward", learner0, ask(cpu / 2, r.gpus_per_reward))
+            index = layout.join("reward", learner0, ask(reward_cpu, r.gpus_per_reward))
         else:
-            index = layout.add("reward", ask(cpu / 2, r.gpus_per_reward))
-        layout.join("reference", index, ask(cpu / 2, r.gpus_per_reference))
+            index = layout.add("reward", ask(reward_cpu, r.gpus_per_reward))
+        layout.join("reference", index, ask(cpu - reward_cpu, r.gpus_per_reference))
     else:
         layout.add("reward", ask(cpu, r.gpus_per_reward))
         if needs_reference:

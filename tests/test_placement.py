@@ -28,8 +28,17 @@ def test_cpu_layout_asks_for_no_gpu():
     assert all("GPU" not in b for b in lay.bundles)
     assert lay.total("CPU") == 4
     assert shared_with(lay, "reward") == {"reward", "reference"}
-    assert actor_resources(None, "reward", lay) == {"CPU": 0.5}
+    # Rule rewards are plain Python: the reference gets the bundle's CPU (and so its threads).
+    assert actor_resources(None, "reward", lay) == {}
+    assert actor_resources(None, "reference", lay) == {"CPU": 1.0}
     assert actor_resources(None, "learner", lay) == {"CPU": 1.0}
+
+
+def test_a_reward_model_shares_the_bundle_with_the_reference():
+    lay = layout("reward.model_path=runs/rm", "resources.cpus_per_actor=2")
+    assert lay.slots["reward"] == lay.slots["reference"]
+    assert actor_resources(None, "reward", lay) == actor_resources(None, "reference", lay) == {"CPU": 1.0}
+    assert lay.bundles[lay.slots["reward"][0]] == {"CPU": 2.0}
 
 
 def test_no_reference_without_kl():
@@ -71,7 +80,7 @@ def test_fractional_rollout_gpu():
 
 def test_colocation_shares_a_learner_gpu_with_fractions():
     lay = layout(*GPU, "resources.gpus_per_learner=0.5", "resources.gpus_per_reward=0.25",
-                 "resources.gpus_per_reference=0.25")
+                 "resources.gpus_per_reference=0.25", "reward.model_path=runs/rm")
     index = lay.slots["learner"][0]
     assert shared_with(lay, "learner") == {"learner", "reward", "reference"}
     assert lay.slots["reward"] == lay.slots["reference"] == [index]
@@ -85,7 +94,8 @@ def test_colocation_shares_a_learner_gpu_with_fractions():
 
 
 def test_colocation_falls_back_to_its_own_bundle_when_the_learner_gpu_is_full():
-    lay = layout(*GPU, "resources.gpus_per_reward=0.5", "resources.gpus_per_reference=0.5")
+    lay = layout(*GPU, "resources.gpus_per_reward=0.5", "resources.gpus_per_reference=0.5",
+                 "reward.model_path=runs/rm")
     index = lay.slots["reward"][0]
     assert index not in lay.slots["learner"]
     assert lay.slots["reference"] == [index]

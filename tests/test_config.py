@@ -345,3 +345,17 @@ def test_auto_dtype_takes_bf16_only_where_the_hardware_multiplies_it(tmp_path, m
     assert load_config(None, ["model.dtype=auto"]).model.dtype == "bfloat16"
     with pytest.raises(ConfigError, match="model.dtype"):
         load_config(None, ["model.dtype=fp8"])
+
+
+def test_learner_precision_and_attention_follow_the_config():
+    from rlhf.config import attention_impl, learner_bf16
+
+    cfg = load_config()
+    assert not learner_bf16(cfg) and attention_impl(cfg) == "eager"  # fp32, 256 + 64 tokens
+    assert learner_bf16(load_config(overrides=["model.dtype=bfloat16"]))
+    assert not learner_bf16(load_config(overrides=["model.dtype=bfloat16", "learner.deepspeed.bf16=false"]))
+    assert attention_impl(load_config(overrides=["model.max_prompt_tokens=1024"])) == "sdpa"
+    assert attention_impl(load_config(overrides=["resources.use_gpu=true"])) == "sdpa"
+    assert attention_impl(load_config(overrides=["model.attention=sdpa"])) == "sdpa"
+    with pytest.raises(ConfigError, match="model.attention"):
+        load_config(overrides=["model.attention=flash"])

@@ -233,3 +233,28 @@ def test_smollm2_answers_in_vllm(smollm2_dir, tmp_path):
     assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
     answer = json.loads(lines[-1].removeprefix("ANSWER="))
     assert "Paris" in answer, answer
+
+
+# ----------------------------------------------------------------------------- response logprobs
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_response_logprobs_equal_a_full_forward_by_hand(tiny_model_dir, attention):
+    """Only the response columns get logits (logits_to_keep); the numbers must equal slicing a
+    full forward pass, with left-padded prompts and right-padded responses."""
+    from rlhf.algos import entropy_from_logits
+    from rlhf.batch import pack_sequences, position_ids_from_mask
+    from rlhf.models import load_causal_lm, response_logprobs
+
+    model = load_causal_lm(str(tiny_model_dir), "float32", attention).eval()
+    prompts, responses = [[5, 6, 7], [8, 9, 10, 11, 12]], [[13, 14, 15, 16], [17, 18]]
+    seqs, attn, mask, plen = pack_sequences(prompts, responses, pad_id=0)
+    with torch.no_grad():
+        logp, ent = response_logprobs(model, seqs, attn, plen, mask.shape[1], with_entropy=True)
+        full = model(input_ids=seqs, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits
+    for row, response in enumerate(responses):
+        for t, token in enumerate(response):
+            expected = torch.log_softmax(full[row, plen - 1 + t], -1)[token]
+            assert logp[row, t].item() == pytest.approx(expected.item(), abs=1e-5)
+    cols = full[:, plen - 1 : plen - 1 + mask.shape[1]]
+    assert torch.allclose(ent, entropy_from_logits(cols), atol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
@@ -107,6 +108,7 @@ class LearnerRank:
         exp = exp.to(self.device)
         self.policy.train()
         stats: dict[str, list[float]] = {}
+        self.clock = {"timing/learner_forward": 0.0, "timing/learner_backward": 0.0, "timing/learner_step": 0.0}
         for _ in range(self.cfg.learner.ppo_epochs):
             for mini in exp.chunk(self.cfg.learner.mini_batches):
                 for micro in mini.split(self.micro):
@@ -114,11 +116,13 @@ class LearnerRank:
                         stats.setdefault(name, []).append(value)
         stats["perf/lr"] = [self.policy.get_lr()[0]]
         self.version += 1
-        return {k: sum(v) / len(v) for k, v in stats.items()}
+        # Seconds summed over micro-batches: where the update phase goes, inside this rank.
+        return {**{k: sum(v) / len(v) for k, v in stats.items()}, **self.clock}
 
     def _micro_step(self, micro: Experience, kl_coef: float) -> dict:
         a = self.cfg.algo
         mask = micro.response_mask
+        started = time.perf_counter()
         logp, entropy = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
                                           micro.response_len, with_entropy=True)
         # With one optimizer step per batch the policy has not moved since sampling: the
@@ -137,8 +141,13 @@ class LearnerRank:
             kl = algos.kl_loss(logp, micro.ref_logprobs, mask, a.kl_estimator)
             loss = loss + kl_coef * kl
             stats["loss/kl"] = float(kl)
+        backward_at = time.perf_counter()
         self.policy.backward(loss)
+        step_at = time.perf_counter()
         self.policy.step()
+        for name, seconds in (("forward", backward_at - started), ("backward", step_at - backward_at),
+                              ("step", time.perf_counter() - step_at)):
+            self.clock[f"timing/learner_{name}"] += seconds
         stats["loss/total"] = float(loss)
         if self.critic is not None:
             values = token_values(self.critic, micro.sequences, micro.attention_mask, micro.prompt_len,

@@ -153,12 +153,17 @@ class Trainer:
         return exp, kl
 
     def sync_weights(self, rollout: Rollout) -> dict:
-        packet = self.roles.learner.publish_weights()
-        load_seconds = self.roles.rollout.load_weights(packet)
+        # Timed apart (inside timing/sync): gather and publish, the engine's reload, the probe.
+        parts = Timer()
+        with parts("sync_publish"):
+            packet = self.roles.learner.publish_weights()
+        with parts("sync_load"):
+            load_seconds = self.roles.rollout.load_weights(packet)
         stats = {"perf/weight_load_seconds": load_seconds}
         if self.cfg.rollout.check_logprobs:
-            stats["rollout/logprob_diff"] = self.probe_logprob_diff(rollout)
-        return stats
+            with parts("sync_probe"):
+                stats["rollout/logprob_diff"] = self.probe_logprob_diff(rollout)
+        return {**stats, **{k: v for k, v in parts.metrics().items() if k != "timing/step"}}
 
     def probe_logprob_diff(self, rollout: Rollout) -> float:
         """Max |engine - learner| logprob on a few of this step's samples, new weights on both."""

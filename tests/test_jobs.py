@@ -309,7 +309,7 @@ def test_bad_configs_and_oversized_runs_are_refused_before_submission(ray_head):
     assert proc.returncode == 2 and "algo.name" in proc.stderr and "nope" in proc.stderr
     proc = rlhf("submit", TINY, "learner.num_ranks=8", "--address", ray_head, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    roles = "rollout 1, learner 8, reward 0.5, reference 0.5, driver 1"
+    roles = "rollout 1, learner 8, reference 1, driver 1"  # rule rewards take no CPU of their own
     assert f"needs 11 CPU ({roles}) but the Ray cluster has {HEAD_CPUS}" in flat(proc.stderr)
     proc = rlhf("submit", TINY, "resources.use_gpu=true", "--address", ray_head, timeout=120)
     assert proc.returncode == 2 and "needs 3 GPU (rollout 1, learner 2)" in flat(proc.stderr)

@@ -22,6 +22,8 @@ ALWAYS_REPORTED = (
     "loss/policy", "loss/total", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
     "clip_ratio/dual_mean", "policy/approx_kl", "policy/ratio_mean",
     "timing/generate", "timing/score", "timing/advantages", "timing/update", "timing/sync", "timing/step",
+    "timing/learner_forward", "timing/learner_backward", "timing/learner_step", "timing/sync_publish",
+    "timing/sync_load",
 )
 
 
@@ -34,7 +36,7 @@ def reported_metrics(cfg: Config) -> set[str]:
     if cfg.reward.model_path:
         names.add("reward/model")
     if cfg.rollout.check_logprobs:
-        names.add("rollout/logprob_diff")
+        names |= {"rollout/logprob_diff", "timing/sync_probe"}
     uses_reference = cfg.reference.enabled and cfg.algo.kl_coef > 0
     if uses_reference and not cfg.algo.kl_in_reward:
         names.add("loss/kl")  # the KL term sits in the loss only when it is not in the reward

@@ -112,7 +112,11 @@ class Trainer:
             update_stats = self.roles.learner.update(exp, self.kl_ctl.value)
         # The engines must sample from the updated policy next step.
         with timer("sync"):
-            sync_stats = self.sync_weights(rollout)
+            sync_stats = self.sync_weights()
+        # Both sides now hold the new weights: they must score the same tokens alike.
+        if self.cfg.rollout.check_logprobs:
+            with timer("probe"):
+                sync_stats["rollout/logprob_diff"] = self.probe_logprob_diff(rollout)
         self.kl_ctl.update(kl, len(exp))
         self.step += 1
         return {**self.rollout_metrics(rollout, exp, rewards, components, forward, kl),
@@ -152,18 +156,15 @@ class Trainer:
                             "returns": returns})
         return exp, kl
 
-    def sync_weights(self, rollout: Rollout) -> dict:
-        # Timed apart (inside timing/sync): gather and publish, the engine's reload, the probe.
+    def sync_weights(self) -> dict:
+        # Timed apart (inside timing/sync): the learner's gather and publish, the engine's reload.
         parts = Timer()
         with parts("sync_publish"):
             packet = self.roles.learner.publish_weights()
         with parts("sync_load"):
             load_seconds = self.roles.rollout.load_weights(packet)
-        stats = {"perf/weight_load_seconds": load_seconds}
-        if self.cfg.rollout.check_logprobs:
-            with parts("sync_probe"):
-                stats["rollout/logprob_diff"] = self.probe_logprob_diff(rollout)
-        return {**stats, **{k: v for k, v in parts.metrics().items() if k != "timing/step"}}
+        return {"perf/weight_load_seconds": load_seconds,
+                **{k: v for k, v in parts.metrics().items() if k != "timing/step"}}
 
     def probe_logprob_diff(self, rollout: Rollout) -> float:
         """Max |engine - learner| logprob on a few of this step's samples, new weights on both."""

@@ -36,7 +36,7 @@ def reported_metrics(cfg: Config) -> set[str]:
     if cfg.reward.model_path:
         names.add("reward/model")
     if cfg.rollout.check_logprobs:
-        names |= {"rollout/logprob_diff", "timing/sync_probe"}
+        names |= {"rollout/logprob_diff", "timing/probe"}
     uses_reference = cfg.reference.enabled and cfg.algo.kl_coef > 0
     if uses_reference and not cfg.algo.kl_in_reward:
         names.add("loss/kl")  # the KL term sits in the loss only when it is not in the reward

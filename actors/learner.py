@@ -17,7 +17,8 @@ import torch
 
 from rlhf import algos
 from rlhf.batch import Experience, single_update
-from rlhf.config import Config, attention_impl, learner_bf16
+from rlhf.config import Config
+from rlhf.derived import attention_impl, learner_bf16
 from rlhf.models import load_causal_lm, load_critic, load_tokenizer, response_logprobs, token_values
 from rlhf.zero import build_engine, engine_config, gather_full_state, save_hf
 

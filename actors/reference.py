@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.config import Config, attention_impl
+from rlhf.config import Config
+from rlhf.derived import attention_impl
 from rlhf.models import load_causal_lm, response_logprobs
 
 

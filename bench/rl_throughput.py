@@ -103,7 +103,7 @@ def trl_bf16(choice: str) -> bool:
 
 def run_ours(cfg) -> dict:
     from actors.driver import run_training
-    from rlhf.config import attention_impl, learner_bf16
+    from rlhf.derived import attention_impl, learner_bf16
 
     started = time.perf_counter()
     steps: list[dict] = []

@@ -446,29 +446,10 @@ class Config:
 
 def from_dict(data: dict) -> Config:
     cfg = typed_yaml.build(Config, data or {})
-    resolve_auto(cfg)
+    if cfg.model.dtype == "auto":  # resolved here, so saved configs name what ran
+        cfg.model.dtype = "bfloat16" if cfg.resources.use_gpu or native_bf16() else "float32"
     validate(cfg)
     return cfg
-
-
-def resolve_auto(cfg: Config) -> None:
-    """Settle the hardware-dependent default (model.dtype), so saved configs name what ran."""
-    if cfg.model.dtype == "auto":
-        cfg.model.dtype = "bfloat16" if cfg.resources.use_gpu or native_bf16() else "float32"
-
-
-def learner_bf16(cfg: Config) -> bool:
-    """learner.deepspeed.bf16, where unset following model.dtype."""
-    ds = cfg.learner.deepspeed
-    return cfg.model.dtype == "bfloat16" if ds.bf16 is None else ds.bf16
-
-
-def attention_impl(cfg: Config) -> str:
-    """model.attention with auto settled from the config alone (see the field's docstring)."""
-    if cfg.model.attention != "auto":
-        return cfg.model.attention
-    short = cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens <= 512
-    return "eager" if short and not cfg.resources.use_gpu else "sdpa"
 
 
 def native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

@@ -348,7 +348,7 @@ def test_auto_dtype_takes_bf16_only_where_the_hardware_multiplies_it(tmp_path, m
 
 
 def test_learner_precision_and_attention_follow_the_config():
-    from rlhf.config import attention_impl, learner_bf16
+    from rlhf.derived import attention_impl, learner_bf16
 
     cfg = load_config()
     assert not learner_bf16(cfg) and attention_impl(cfg) == "eager"  # fp32, 256 + 64 tokens

@@ -10,17 +10,20 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
 
 import torch
 
-from rlhf import algos
-from rlhf.batch import Experience, single_update
-from rlhf.config import Config
-from rlhf.derived import attention_impl, learner_bf16
-from rlhf.models import load_causal_lm, load_critic, load_tokenizer, response_logprobs, token_values
-from rlhf.zero import build_engine, engine_config, gather_full_state, save_hf
+from rlhf.config.tree import Config
+from rlhf.models.loading import load_causal_lm, load_critic, load_tokenizer
+from rlhf.models.logprobs import response_logprobs, token_values
+from rlhf.models.runtime import attention_impl, learner_bf16
+from rlhf.models.zero import build_engine, engine_config, gather_full_state, save_hf
+from rlhf.rl.batch import Experience, single_update
+from rlhf.rl.kl import kl_loss
+from rlhf.rl.losses import POLICY_LOSSES, value_loss
+from rlhf.rl.masked import masked_mean
 
 
 def batch_geometry(cfg: Config) -> tuple[int, int]:
@@ -129,17 +132,17 @@ class LearnerRank:
         # With one optimizer step per batch the policy has not moved since sampling: the
         # driver skipped the old pass, and this pass stands in for it (ratio exactly 1).
         old = logp.detach() if self.single_update else micro.old_logprobs
-        loss, stats = algos.policy_loss(logp, old, micro.advantages, mask, a.clip_eps, a.dual_clip)
+        loss, stats = POLICY_LOSSES[a.policy_loss](logp, old, micro.advantages, mask, a)
         if self.single_update:
-            stats["objective/entropy"] = algos.masked_mean(entropy.detach(), mask)
+            stats["objective/entropy"] = masked_mean(entropy.detach(), mask)
             behaviour = micro.rollout_logprobs if micro.rollout_logprobs is not None else logp.detach()
             gap = (logp.detach() - behaviour).abs()[mask.bool()]
             stats["rollout/behaviour_logprob_diff"] = gap.mean() if len(gap) else 0.0
         if a.entropy_coef > 0:
             # Entropy bonus: keeps the policy from collapsing onto one answer too early.
-            loss = loss - a.entropy_coef * algos.masked_mean(entropy, mask)
+            loss = loss - a.entropy_coef * masked_mean(entropy, mask)
         if micro.ref_logprobs is not None and not a.kl_in_reward and kl_coef > 0:
-            kl = algos.kl_loss(logp, micro.ref_logprobs, mask, a.kl_estimator)
+            kl = kl_loss(logp, micro.ref_logprobs, mask, a.kl_estimator)
             loss = loss + kl_coef * kl
             stats["loss/kl"] = float(kl)
         backward_at = time.perf_counter()
@@ -153,7 +156,7 @@ class LearnerRank:
         if self.critic is not None:
             values = token_values(self.critic, micro.sequences, micro.attention_mask, micro.prompt_len,
                                   micro.response_len)
-            vloss, vstats = algos.value_loss(values, micro.values, micro.returns, mask, a.value_clip)
+            vloss, vstats = value_loss(values, micro.values, micro.returns, mask, a.value_clip)
             self.critic.backward(a.vf_coef * vloss)
             self.critic.step()
             stats.update(vstats)

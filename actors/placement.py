@@ -8,7 +8,7 @@ hands back the scheduling strategy for one bundle.
 
 from __future__ import annotations
 
-from rlhf.resources import Layout, actor_resources, check_fits, check_resources, role_bundles
+from rlhf.cluster.resources import Layout, actor_resources, check_fits, check_resources, role_bundles
 
 __all__ = ["Layout", "actor_resources", "check_fits", "check_resources", "reserve", "role_bundles", "strategy"]
 

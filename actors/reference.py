@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.config import Config
-from rlhf.derived import attention_impl
-from rlhf.models import load_causal_lm, response_logprobs
+from rlhf.config.tree import Config
+from rlhf.models.loading import load_causal_lm
+from rlhf.models.logprobs import response_logprobs
+from rlhf.models.runtime import attention_impl
 
 
 class ReferenceActor:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from rlhf.config import Config
-from rlhf.rewards import combine, validate_rules
-from rlhf.scoring import RewardModelScorer, rm_text  # noqa: F401 - rm_text re-exported
+from rlhf.config.tree import Config
+from rlhf.models.scorer import RewardModelScorer
+from rlhf.rl.rewards import combine
 
 
 class RewardActor:
     """Scores responses. Public methods: score."""
 
     def __init__(self, cfg: Config):
-        validate_rules(cfg.reward.rules)
         self.cfg = cfg.reward
         self.rm = RewardModelScorer(cfg.reward.model_path, cfg.model.dtype) if cfg.reward.model_path else None
 

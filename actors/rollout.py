@@ -10,9 +10,9 @@ import os
 import time
 
 from actors.weights import WeightPacket, local_path
-from rlhf.batch import Rollout
-from rlhf.config import Config
-from rlhf.models import vllm_engine_kwargs
+from rlhf.config.tree import Config
+from rlhf.models.offline import vllm_engine_kwargs
+from rlhf.rl.batch import Rollout
 
 
 class RolloutActor:

@@ -99,14 +99,10 @@ def local_path(packet: WeightPacket, run_id: str) -> str:
 
 
 def resolve_transport(setting: str, multi_node: bool) -> str:
-    """`auto` picks shm on one node and the object store across nodes."""
+    """`auto` picks shm on one node and the object store across nodes (the config allows only
+    these; rlhf/config/checks.py)."""
     if setting == "auto":
         return "object_store" if multi_node else "shm"
-    if setting == "nccl":
-        raise ValueError(
-            "rollout.weight_sync=nccl: NCCL weight transfer is not available in this version; "
-            "use auto, shm or object_store"
-        )
     return setting
 
 

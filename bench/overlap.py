@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def update_phase(args, cfg, path: str):
     import torch
 
-    from rlhf.models import load_causal_lm, response_logprobs
+    from rlhf.models.loading import load_causal_lm
+    from rlhf.models.logprobs import response_logprobs
 
     model = load_causal_lm(path, cfg.model.dtype, "eager").train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=True)
@@ -70,7 +71,7 @@ def generate_phase(args, cfg, path: str):
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from rlhf.models import vllm_engine_kwargs
+    from rlhf.models.offline import vllm_engine_kwargs
 
     llm = LLM(model=path, **vllm_engine_kwargs(cfg, args.new_tokens))
     params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True, temperature=1.0, logprobs=0)
@@ -81,8 +82,8 @@ def generate_phase(args, cfg, path: str):
 def child(args) -> None:
     import torch
 
-    from rlhf.config import load_config
-    from rlhf.models import resolve_model_path
+    from rlhf.config.tree import load_config
+    from rlhf.models.loading import resolve_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)

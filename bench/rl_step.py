@@ -34,10 +34,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args, overrides = parser.parse_known_args()
     run_dir = Path(tempfile.mkdtemp(prefix="rl-step-")) / "run"
-    cmd = [sys.executable, "-m", "rlhf.cli", "train", args.config, "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "rlhf.cli.main", "train", args.config, "--run-dir", str(run_dir),
            f"train.steps={args.steps}", "train.save_every=0", "train.export=false", *overrides]
     subprocess.run(cmd, check=True, cwd=ROOT)
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
     phases = sorted({k for r in rows for k in r if k.startswith("timing/") and k != "timing/step"})
     step = sum(r["timing/step"] for r in rows) / len(rows)
     table = Table(title=f"RL step phases: {Path(args.config).name}, mean of steps 2..{args.steps}")

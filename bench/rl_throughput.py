@@ -7,7 +7,7 @@ Both sides train the same model on the same chat-templated reasoning-gym prompts
 order (step i of both sees the same prompts), with the same samples per prompt, completion
 length, completions per step, steps, learning rate (constant), KL coefficient, clip range and
 reward (`rlhf.rewards.combine` with exact_match). Ours runs in this process through
-`actors.driver.run_training` (the code behind `rlhf train`, Ray actors, vLLM, ZeRO-3); TRL
+`actors.launch.run_training` (the code behind `rlhf train`, Ray actors, vLLM, ZeRO-3); TRL
 runs after it in a subprocess of its own venv (bench/setup_trl.sh) with its best CPU
 setting: no gradient checkpointing, and bf16 autocast where the CPU multiplies bf16 natively
 (avx512_bf16 or AMX: ~4x fp32); on CPUs without it bf16 is emulated and >100x slower, so both
@@ -57,7 +57,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
 
 
 def our_config(args, overrides: list[str]):
-    from rlhf.config import load_config
+    from rlhf.config.tree import load_config
 
     return load_config(args.config, [
         f"model.path={args.model}", f"train.steps={args.steps}", f"train.prompts_per_step={args.prompts_per_step}",
@@ -68,8 +68,8 @@ def our_config(args, overrides: list[str]):
 
 def workload(cfg, args, path: str) -> dict:
     """The prompts both sides train on, in the order our sampler hands them out."""
-    from rlhf.models import load_tokenizer
-    from rlhf.prompts import PromptSampler, PromptSet, render_prompt
+    from rlhf.data.prompts import PromptSampler, PromptSet, render_prompt
+    from rlhf.models.loading import load_tokenizer
 
     tok = load_tokenizer(path)
     prompts = PromptSet(cfg, tok)
@@ -93,7 +93,7 @@ def workload(cfg, args, path: str) -> dict:
 
 
 def trl_bf16(choice: str) -> bool:
-    from rlhf.config import native_bf16
+    from rlhf.config.tree import native_bf16
 
     return native_bf16() if choice == "auto" else choice == "on"
 
@@ -102,8 +102,8 @@ def trl_bf16(choice: str) -> bool:
 
 
 def run_ours(cfg) -> dict:
-    from actors.driver import run_training
-    from rlhf.derived import attention_impl, learner_bf16
+    from actors.launch import run_training
+    from rlhf.models.runtime import attention_impl, learner_bf16
 
     started = time.perf_counter()
     steps: list[dict] = []
@@ -221,7 +221,7 @@ def main() -> None:
     args, overrides = parse_args()
     for key, value in (("HF_HUB_OFFLINE", "1"), ("VLLM_CPU_KVCACHE_SPACE", "1"), ("DS_ACCELERATOR", "cpu")):
         os.environ.setdefault(key, value)
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     cfg = our_config(args, overrides)
     path = resolve_model_path(cfg.model.path)

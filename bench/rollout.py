@@ -53,9 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_workload(args):
     """(config, model folder, prompt token ids) shared by every side."""
-    from rlhf.config import load_config
-    from rlhf.models import load_tokenizer, resolve_model_path
-    from rlhf.prompts import PromptSet
+    from rlhf.config.tree import load_config
+    from rlhf.data.prompts import PromptSet
+    from rlhf.models.loading import load_tokenizer, resolve_model_path
 
     cfg = load_config(args.config, [f"model.path={args.model}", f"rollout.n_samples={args.n}",
                                     f"rollout.max_new_tokens={args.max_new_tokens}", *args.overrides])
@@ -115,7 +115,7 @@ def run_vllm(cfg, path: str, prompt_ids: list, repeats: int, threads: int = 0) -
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from rlhf.models import vllm_engine_kwargs
+    from rlhf.models.offline import vllm_engine_kwargs
 
     started = time.perf_counter()
     llm = LLM(model=path, **{**vllm_engine_kwargs(cfg), "seed": cfg.train.seed})
@@ -138,7 +138,7 @@ def run_vllm(cfg, path: str, prompt_ids: list, repeats: int, threads: int = 0) -
 def run_hf(cfg, path: str, prompt_ids: list, repeats: int) -> dict:
     import torch
 
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.models.loading import load_causal_lm, load_tokenizer
 
     torch.manual_seed(cfg.train.seed)
     started = time.perf_counter()

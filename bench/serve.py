@@ -218,7 +218,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=150)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     model = resolve_model_path(args.model)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-serve-"))

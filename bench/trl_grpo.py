@@ -54,12 +54,12 @@ def main() -> None:
     workload_path, result_path = sys.argv[1], sys.argv[2]
     w = json.loads(Path(workload_path).read_text())
     sys.path.insert(0, w["root"])
-    from bench.common import load_average, machine, versions
-    from rlhf.rewards import combine
-
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOTrainer
+
+    from bench.common import load_average, machine, versions
+    from rlhf.rl.rewards import combine
 
     rules = w["rules"]
     dataset = Dataset.from_list(w["prompts"])

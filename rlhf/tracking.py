@@ -38,7 +38,7 @@ class MetricsLog:
         self.run_dir = run_dir
         if resume_step and self.path.exists():
             # Drop lines from steps after the checkpoint we resumed from.
-            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= resume_step]
+            kept = [row for row in self.path.read_text().splitlines() if row and json.loads(row)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -25,10 +25,10 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,16 +36,32 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from rlhf.config import Config, ConfigError, from_dict, load_config, to_dict
+from rlhf.config.tree import Config, from_dict, load_config
+from rlhf.config.typed_yaml import ConfigError, to_dict
+from rlhf.human.feedback import AnswerRecord, FeedbackError, FeedbackStore
+from rlhf.human.review_store import ReviewError, ReviewStore
+from rlhf.safety.guard_rules import Decision
 from serve import metrics, review_api
 from serve.auth import KeyChecker
-from serve.engine import Generation, QAEngine
-from rlhf.feedback import AnswerRecord, FeedbackError, FeedbackStore
-from serve.guardrails import Decision, Guard
-from serve.openai_api import (SSE_DONE, ApiError, AskRequest, ChatCompletionRequest, CompletionRequest,
-                              FeedbackRequest, chat_chunk, chat_completion, completion, completion_chunk,
-                              parse_json, parse_model, sse, usage, usage_chunk)
-from rlhf.review_store import ReviewError, ReviewStore
+from serve.engine import Completion, QAEngine
+from serve.guardrails import Guard
+from serve.openai_api import (
+    SSE_DONE,
+    ApiError,
+    AskRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    chat_chunk,
+    chat_completion,
+    completion,
+    completion_chunk,
+    parse_json,
+    parse_model,
+    sse,
+    usage,
+    usage_chunk,
+)
 
 log = logging.getLogger("ray.serve")
 MAX_BODY_BYTES = 4 << 20
@@ -97,7 +113,7 @@ class Job:
 class Answer:
     text: str
     finish_reason: str
-    gen: Generation | None
+    gen: Completion | None
     guardrail: dict | None  # set when the guard refused
 
 
@@ -341,7 +357,7 @@ class QAServer:
         if out is None:
             out = await self._guard(self.guard.check_output, text, self.guard.output_model)
             finish = finish if out.allowed else "content_filter"
-        gen = Generation(text, finish, len(job.ids), produced)
+        gen = Completion(text, finish, len(job.ids), produced)
         ans = Answer(text if out.allowed else out.refusal, finish, gen, None if out.allowed else out.as_dict())
         await self._record(job, ans, [verdict, out])
         yield fmt.end(finish, ans.guardrail)
@@ -349,7 +365,7 @@ class QAServer:
             yield fmt.usage(self._usage(job, ans))
         yield SSE_DONE
 
-    async def _refuse(self, job: Job, decisions: list[Decision], gen: Generation | None = None) -> Answer:
+    async def _refuse(self, job: Job, decisions: list[Decision], gen: Completion | None = None) -> Answer:
         blocked = decisions[-1]
         ans = Answer(blocked.refusal, "content_filter", gen, blocked.as_dict())
         await self._record(job, ans, decisions)
@@ -449,7 +465,7 @@ def app_for(model: str, cfg: Config):
 
     Relative paths (feedback DB, guard folders) are made absolute here, where they were meant;
     replicas may run in another working directory."""
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     s = dataclasses.replace(
         cfg.serve,

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
-from rlhf.config import Config
+from rlhf.config.tree import Config
 from serve.openai_api import ApiError
 
 
 @dataclass
-class Generation:
+class Completion:
     text: str
     finish_reason: str
     prompt_tokens: int
@@ -86,7 +86,7 @@ class QAEngine:
         return self.encode_text(text)
 
     def encode_question(self, question: str) -> list[int]:
-        from rlhf.prompts import render_prompt
+        from rlhf.data.prompts import render_prompt
 
         m = self.cfg.model
         return self.encode_text(render_prompt(self.tokenizer, question, m.system_prompt, m.chat_template))
@@ -129,7 +129,7 @@ class QAEngine:
 
     # ------------------------------------------------------------------ generation
 
-    async def generate(self, ids: list[int], params, request_id: str) -> Generation:
+    async def generate(self, ids: list[int], params, request_id: str) -> Completion:
         """The whole answer at once (the engine sends only the final output)."""
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
@@ -142,7 +142,7 @@ class QAEngine:
         except Exception as exc:  # the engine died or refused: 503, and the health check notices
             raise _engine_down(exc) from exc
         sample = final.outputs[0]
-        return Generation(sample.text, _finish(sample.finish_reason), len(ids), len(sample.token_ids))
+        return Completion(sample.text, _finish(sample.finish_reason), len(ids), len(sample.token_ids))
 
     async def stream(self, ids: list[int], params, request_id: str) -> AsyncIterator[tuple[str, str | None, int]]:
         """Yields (new text, finish reason or None, completion tokens so far). Closing the iterator

@@ -58,7 +58,7 @@ def train_guard(data: Path, out: Path, epochs: int = 6, lr: float = 1e-4, batch_
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     started = time.perf_counter()
     torch.set_num_threads(threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from rlhf.config import Config
+from rlhf.config.tree import Config
 
 APP_NAME = "rlhf-qa"
 # Serve settings for a local Ray started here (an explicit value in the environment wins; on an

@@ -22,6 +22,6 @@ os.environ.setdefault("RLHF_CACHE", str(REPO / ".cache"))
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> str:
     """A random tiny Llama folder (built once, then reused from RLHF_CACHE)."""
-    from rlhf.models import build_tiny_model
+    from rlhf.models.tiny import build_tiny_model
 
     return str(build_tiny_model(Path(os.environ["RLHF_CACHE"]) / "tiny-llama"))

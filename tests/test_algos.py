@@ -5,29 +5,19 @@ import math
 import pytest
 import torch
 
-from rlhf import algos
-from rlhf.algos import (
-    AdaptiveKLController,
-    FixedKLController,
+from rlhf.config.training import AlgoConfig
+from rlhf.rl.advantages import (
+    ADVANTAGES,
     compute_advantages,
-    entropy_bonus,
-    entropy_from_logits,
     gae,
     gae_loop,
     grpo_advantages,
-    kl_estimate,
-    kl_loss,
     kl_penalised_token_rewards,
-    make_kl_controller,
-    masked_mean,
-    masked_whiten,
-    policy_loss,
     reinforce_pp_advantages,
     rloo_advantages,
     sequence_to_token_rewards,
-    value_loss,
 )
-from rlhf.batch import (
+from rlhf.rl.batch import (
     Experience,
     Rollout,
     pack_sequences,
@@ -35,7 +25,9 @@ from rlhf.batch import (
     position_ids_from_mask,
     response_logits_slice,
 )
-from rlhf.config import AlgoConfig
+from rlhf.rl.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_estimate, kl_loss, make_kl_controller
+from rlhf.rl.losses import entropy_bonus, entropy_from_logits, logprobs_from_logits, policy_loss, value_loss
+from rlhf.rl.masked import masked_mean, masked_whiten
 
 approx = pytest.approx
 
@@ -77,7 +69,7 @@ def test_kl_estimators_by_hand():
     # k3 = exp(-1) - (-1) - 1 = exp(-1)
     assert float(kl_estimate(logp, ref, "k3")) == approx(math.exp(-1.0))
     # equal distributions: every estimator is exactly 0
-    for kind in algos.KL_ESTIMATORS:
+    for kind in KL_ESTIMATORS:
         assert float(kl_estimate(ref, ref, kind)) == 0.0
     with pytest.raises(ValueError, match="k1, k2, k3"):
         kl_estimate(logp, ref, "k4")
@@ -193,7 +185,7 @@ def test_compute_advantages_dispatch():
     zeros = torch.zeros(4, 2)
     _, ret_p = compute_advantages("ppo", rewards=rewards, values=zeros, mask=mask, lam=1.0)
     assert ret_p[:, 0].tolist() == approx(rewards.tolist())
-    assert set(algos.ADVANTAGES) >= {"ppo", "grpo", "rloo", "reinforce_pp"}
+    assert set(ADVANTAGES) >= {"ppo", "grpo", "rloo", "reinforce_pp"}
     with pytest.raises(ValueError, match="valid: "):
         compute_advantages("a2c", rewards=rewards, mask=mask)
     with pytest.raises(ValueError, match="critic values"):
@@ -270,7 +262,7 @@ def test_entropy_of_uniform_is_log_v():
 
 def test_logprobs_from_logits():
     logits = torch.log(torch.tensor([[[0.25, 0.75], [0.5, 0.5]]]))
-    lp = algos.logprobs_from_logits(logits, torch.tensor([[1, 0]]))
+    lp = logprobs_from_logits(logits, torch.tensor([[1, 0]]))
     assert lp.tolist()[0] == approx([math.log(0.75), math.log(0.5)])
 
 

@@ -7,16 +7,8 @@ import typing
 
 import pytest
 
-from rlhf.config import (
-    Config,
-    ConfigError,
-    dump_config,
-    field_docs,
-    get_dotted,
-    load_config,
-    parse_overrides,
-    to_dict,
-)
+from rlhf.config.tree import Config, dump_config, field_docs, load_config, native_bf16
+from rlhf.config.typed_yaml import ConfigError, get_dotted, parse_overrides, to_dict
 
 
 def write(path, text):
@@ -238,7 +230,7 @@ def test_batch_must_divide_across_mini_batches():
 
 
 def test_unknown_algo():
-    with pytest.raises(ConfigError, match=r"algo\.name: expected one of .*'ppo'.*got 'ppo2'"):
+    with pytest.raises(ConfigError, match=r"algo\.name: unknown value 'ppo2'; valid: ppo, grpo, rloo, reinforce_pp"):
         load_config(overrides=["algo.name=ppo2"])
 
 
@@ -331,24 +323,24 @@ def test_get_dotted():
 
 
 def test_auto_dtype_takes_bf16_only_where_the_hardware_multiplies_it(tmp_path, monkeypatch):
-    from rlhf import config
+    from rlhf.config import tree
 
     avx2, bf16 = tmp_path / "avx2", tmp_path / "bf16"
     avx2.write_text("flags\t\t: fpu sse2 avx avx2 fma\n")
     bf16.write_text("flags\t\t: fpu sse2 avx avx2 avx512f avx512_bf16\n")
-    assert not config.native_bf16(str(avx2)) and config.native_bf16(str(bf16))
-    assert not config.native_bf16(str(tmp_path / "missing"))
-    monkeypatch.setattr(config, "native_bf16", lambda: False)
+    assert not native_bf16(str(avx2)) and native_bf16(str(bf16))
+    assert not native_bf16(str(tmp_path / "missing"))
+    monkeypatch.setattr(tree, "native_bf16", lambda: False)
     assert load_config(None, ["model.dtype=auto"]).model.dtype == "float32"
     assert load_config(None, ["model.dtype=auto", "resources.use_gpu=true"]).model.dtype == "bfloat16"
-    monkeypatch.setattr(config, "native_bf16", lambda: True)
+    monkeypatch.setattr(tree, "native_bf16", lambda: True)
     assert load_config(None, ["model.dtype=auto"]).model.dtype == "bfloat16"
     with pytest.raises(ConfigError, match="model.dtype"):
         load_config(None, ["model.dtype=fp8"])
 
 
 def test_learner_precision_and_attention_follow_the_config():
-    from rlhf.derived import attention_impl, learner_bf16
+    from rlhf.models.runtime import attention_impl, learner_bf16
 
     cfg = load_config()
     assert not learner_bf16(cfg) and attention_impl(cfg) == "eager"  # fp32, 256 + 64 tokens

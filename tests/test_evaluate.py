@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rlhf.cli import app
-from rlhf.config import Config
-from rlhf.data import DataError
-from rlhf.evaluate import (bootstrap_ci, compare, eval_question, is_refusal, load_eval_rows, repetition,
-                           score_answers, wins)
-from rlhf.report import summary_rows, write_report
+from rlhf.cli.main import app
+from rlhf.config.tree import Config
+from rlhf.data.readers import DataError
+from rlhf.evaluation.heldout import eval_question, load_eval_rows
+from rlhf.evaluation.metrics import bootstrap_ci, compare, is_refusal, repetition, score_answers, wins
+from rlhf.evaluation.report import summary_rows, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,13 +231,13 @@ E2E_OVERRIDES = ["eval.max_new_tokens=12", "eval.bootstrap=200", "model.max_prom
 
 def rlhf_eval(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "rlhf.cli", "eval", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "rlhf.cli.main", "eval", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
-    from rlhf.models import build_tiny_model
+    from rlhf.models.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("eval")
     data = root / "heldout.jsonl"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.config import load_config
-from rlhf.finetune_data import answer_example, pad_batch
-from rlhf.objectives import IGNORE, bradley_terry_loss, dpo_loss, sequence_logprob, sft_loss
+from rlhf.config.tree import load_config
+from rlhf.supervised.examples import answer_example, pad_batch
+from rlhf.supervised.objectives import IGNORE, bradley_terry_loss, dpo_loss, sequence_logprob, sft_loss
 
 
 def test_sft_loss_counts_answer_tokens_only():
@@ -39,11 +39,11 @@ def test_dpo_by_hand():
 
 
 def test_answer_example_masks_the_prompt(tiny_model_dir):
-    from rlhf.models import load_tokenizer
+    from rlhf.models.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
     ex = answer_example(tok, "What is 2 plus 2?", "4", max_length=64)
-    answer = [t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE]
+    answer = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]
     assert tok.decode(answer) == "4" + tok.eos_token
     batch = pad_batch([ex, answer_example(tok, "Hi?", "Hello there", 64)], tok.pad_token_id)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
@@ -75,8 +75,8 @@ def _synthetic_pairs(path: Path, n: int = 160) -> Path:
 
 @pytest.mark.slow
 def test_sft_lowers_validation_loss(tmp_path, tiny_model_dir):
-    from rlhf.finetune import run_finetune
-    from rlhf.stages import sft_job
+    from rlhf.supervised.inputs import sft_job
+    from rlhf.supervised.trainer import run_finetune
 
     cfg = _cfg(tmp_path, tiny_model_dir, "sft.data=gym:basic_arithmetic", "sft.lr=0.002", "sft.epochs=1")
     rows = run_finetune(sft_job(cfg, tiny_model_dir, tmp_path / "sft"), cfg)
@@ -88,15 +88,15 @@ def test_sft_lowers_validation_loss(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_reward_model_beats_chance_on_heldout_pairs(tmp_path, tiny_model_dir):
-    from rlhf.finetune import run_finetune
-    from rlhf.stages import pair_job
+    from rlhf.supervised.inputs import pair_job
+    from rlhf.supervised.trainer import run_finetune
 
     cfg = _cfg(tmp_path, tiny_model_dir, "rm.lr=0.002", "rm.epochs=2")
     pairs = _synthetic_pairs(tmp_path / "pairs.jsonl")
     job = pair_job("rm", cfg, tiny_model_dir, [str(pairs)], tmp_path / "rm")
     rows = run_finetune(job, cfg)
     assert rows[-1]["val/accuracy"] >= 0.8, rows
-    from rlhf.scoring import RewardModelScorer
+    from rlhf.models.scorer import RewardModelScorer
 
     scorer = RewardModelScorer(str(tmp_path / "rm"))
     good, bad = scorer(["What is 3 plus 4?"] * 2, ["The answer is 7.", "Because it is a river."])
@@ -105,8 +105,8 @@ def test_reward_model_beats_chance_on_heldout_pairs(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir):
-    from rlhf.finetune import run_finetune
-    from rlhf.stages import pair_job
+    from rlhf.supervised.inputs import pair_job
+    from rlhf.supervised.trainer import run_finetune
 
     cfg = _cfg(tmp_path, tiny_model_dir, "dpo.lr=0.001", "dpo.epochs=1", "dpo.beta=0.1")
     pairs = _synthetic_pairs(tmp_path / "pairs.jsonl")
@@ -117,7 +117,7 @@ def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir):
 
 
 def test_identical_chosen_and_rejected_rows_are_quarantined(tmp_path):
-    from rlhf.data import load
+    from rlhf.data.kinds import load
 
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a"}) + "\n"

@@ -27,9 +27,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rlhf import jobs
-from rlhf.cli import app
-from rlhf.config import load_config
+from rlhf.cli.main import app
+from rlhf.cluster import jobs
+from rlhf.config.tree import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny-grpo.yaml"
@@ -48,7 +48,7 @@ def env() -> dict[str, str]:
 
 
 def rlhf(*args, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlhf.cli", *map(str, args)], cwd=ROOT, env=env(),
+    return subprocess.run([sys.executable, "-m", "rlhf.cli.main", *map(str, args)], cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -112,7 +112,7 @@ def test_job_runs_rlhf_train_from_the_uploaded_project(tmp_path):
     (fake / "python").chmod(0o755)
     out = subprocess.run(["sh", "-c", spec.entrypoint], capture_output=True, text=True, check=True,
                          env={"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path)}).stdout.splitlines()
-    assert out == ["-m", "rlhf.cli", "train", "examples/tiny-grpo.yaml", "model.system_prompt=be brief",
+    assert out == ["-m", "rlhf.cli.main", "train", "examples/tiny-grpo.yaml", "model.system_prompt=be brief",
                    "--run-dir", f"{tmp_path}/rlhf-runs/{spec.submission_id}"]
 
 

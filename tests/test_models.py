@@ -11,16 +11,11 @@ import textwrap
 import pytest
 import torch
 
-from rlhf.config import LoraConfig
-from rlhf.models import (
-    ModelError,
-    apply_lora,
-    build_tiny_model,
-    count_parameters,
-    merge_lora,
-    merge_lora_state,
-    resolve_model_path,
-)
+from rlhf.config.training import LoraConfig
+from rlhf.models.loading import count_parameters, resolve_model_path
+from rlhf.models.lora import apply_lora, merge_lora, merge_lora_state
+from rlhf.models.paths import ModelError
+from rlhf.models.tiny import build_tiny_model
 
 QUESTION = "What is the capital of France?"
 
@@ -200,7 +195,7 @@ VLLM_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def smollm2_dir():
-    from rlhf.models import prepare_smollm2
+    from rlhf.models.packaged import prepare_smollm2
 
     return str(prepare_smollm2())
 
@@ -242,9 +237,10 @@ def test_smollm2_answers_in_vllm(smollm2_dir, tmp_path):
 def test_response_logprobs_equal_a_full_forward_by_hand(tiny_model_dir, attention):
     """Only the response columns get logits (logits_to_keep); the numbers must equal slicing a
     full forward pass, with left-padded prompts and right-padded responses."""
-    from rlhf.algos import entropy_from_logits
-    from rlhf.batch import pack_sequences, position_ids_from_mask
-    from rlhf.models import load_causal_lm, response_logprobs
+    from rlhf.models.loading import load_causal_lm
+    from rlhf.models.logprobs import response_logprobs
+    from rlhf.rl.batch import pack_sequences, position_ids_from_mask
+    from rlhf.rl.losses import entropy_from_logits
 
     model = load_causal_lm(str(tiny_model_dir), "float32", attention).eval()
     prompts, responses = [[5, 6, 7], [8, 9, 10, 11, 12]], [[13, 14, 15, 16], [17, 18]]

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import load_config
-from rlhf.pipeline import Pipeline, StageError
+from rlhf.config.tree import load_config
+from rlhf.pipeline.runner import Pipeline, StageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_stage_whose_input_artifact_is_missing_names_it(tmp_path, tiny_model_dir):
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "pipeline.stages=[rm]"])
-    pipe = Pipeline(cfg, tmp_path, runners={})
+    pipe = Pipeline(cfg, tmp_path)
     with pytest.raises(StageError, match="'pairs' artifact"):
         pipe.need("rm", "pairs")
 
@@ -29,22 +29,21 @@ def test_an_artifact_from_another_model_is_refused(tmp_path, tiny_model_dir):
         {"stage": "pairs", "base_model": "/some/other/model", "output": "pairs.parquet", "output_hash": "x"}))
     cfg = load_config(None, [f"model.path={tiny_model_dir}"])
     with pytest.raises(StageError, match="/some/other/model"):
-        Pipeline(cfg, tmp_path, runners={}).need("rm", "pairs")
+        Pipeline(cfg, tmp_path).need("rm", "pairs")
 
 
 def test_unknown_stage_is_a_config_error(tmp_path, tiny_model_dir):
-    from rlhf.config import ConfigError
+    from rlhf.config.typed_yaml import ConfigError
 
-    cfg = load_config(None, [f"model.path={tiny_model_dir}", "pipeline.stages=[sft, polish]"])
-    with pytest.raises(ConfigError, match="polish"):
-        Pipeline(cfg, tmp_path, runners={})
+    with pytest.raises(ConfigError, match="pipeline.stages: unknown value 'polish'; valid: sft, pairs"):
+        load_config(None, [f"model.path={tiny_model_dir}", "pipeline.stages=[sft, polish]"])
 
 
 def test_a_rerun_stage_reads_only_earlier_stages_artifacts(tmp_path, tiny_model_dir):
-    from rlhf.pipeline import Artifact
+    from rlhf.pipeline.runner import Artifact
 
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "pipeline.stages=[sft, rl, eval]"])
-    pipe = Pipeline(cfg, tmp_path, runners={})
+    pipe = Pipeline(cfg, tmp_path)
     for stage in ("sft", "rl"):
         pipe.artifacts[stage] = Artifact(stage, tmp_path / stage, {"output": "model"})
     pipe.running = "rl"  # last run's rl output must not become this rl run's starting policy
@@ -56,7 +55,7 @@ def test_a_rerun_stage_reads_only_earlier_stages_artifacts(tmp_path, tiny_model_
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     run_dir = tmp_path / "pipe"
-    cmd = [sys.executable, "-m", "rlhf.cli", "pipeline", "examples/tiny-pipeline.yaml", "--run-dir", str(run_dir)]
+    cmd = [sys.executable, "-m", "rlhf.cli.main", "pipeline", "examples/tiny-pipeline.yaml", "--run-dir", str(run_dir)]
     env = {**os.environ, "COLUMNS": "200"}
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
     assert first.returncode == 0, first.stderr[-4000:]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf.config import ConfigError, load_config
-from rlhf.resources import Layout, actor_resources, check_fits, role_bundles
+from rlhf.cluster.resources import Layout, actor_resources, check_fits, role_bundles
+from rlhf.config.tree import load_config
+from rlhf.config.typed_yaml import ConfigError
 
 GPU = ["resources.use_gpu=true"]
 
@@ -137,8 +138,16 @@ def test_shared_bundle_of_fractional_gpus_over_one_is_refused():
     assert lay.total("GPU") == 3 + 1.4
 
 
-def test_nccl_is_accepted_on_gpus():
-    layout(*GPU, "rollout.weight_sync=nccl", "learner.backend=nccl")
+def test_nccl_learner_backend_is_accepted_on_gpus_only():
+    layout(*GPU, "learner.backend=nccl")
+    with pytest.raises(ConfigError, match="learner.backend: nccl needs GPUs"):
+        load_config(None, ["learner.backend=nccl"])
+
+
+def test_nccl_weight_sync_is_refused_when_the_config_loads():
+    # Before: accepted here, then refused after every actor had started.
+    with pytest.raises(ConfigError, match="rollout.weight_sync: 'nccl': NCCL weight transfer .* use auto, shm"):
+        load_config(None, [*GPU, "rollout.weight_sync=nccl"])
 
 
 # ----------------------------------------------------------------------------- fitting a cluster
@@ -164,7 +173,7 @@ def test_check_fits_knows_a_bundle_cannot_span_nodes():
 
 def test_actors_placement_keeps_its_public_names():
     from actors import placement
-    from rlhf import resources
+    from rlhf.cluster import resources
 
     for name in ("Layout", "role_bundles", "actor_resources", "check_fits"):
         assert getattr(placement, name) is getattr(resources, name)

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.agreement import krippendorff_alpha, pairwise
-from rlhf.config import ConfigError, ReviewConfig, load_config
-from rlhf.review_queue import Candidate, plan_batch
-from rlhf.feedback import AnswerRecord, FeedbackStore, export_feedback
+from rlhf.config.tree import load_config
+from rlhf.config.typed_yaml import ConfigError
+from rlhf.config.workflow import ReviewConfig
+from rlhf.data.kinds import load
+from rlhf.human.agreement import krippendorff_alpha, pairwise
+from rlhf.human.feedback import AnswerRecord, FeedbackStore, export_feedback
+from rlhf.human.review_queue import Candidate, plan_batch
+from rlhf.human.review_store import NewItem, ReviewError, ReviewStore, question_key
 from serve.openai_api import ApiError, parse_model
-from rlhf.review_store import NewItem, ReviewError, ReviewStore, question_key
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -125,7 +128,6 @@ def test_each_reviewer_sees_open_items_they_have_not_reviewed(stores):
 
 
 def test_reviews_feed_the_export_with_production_feedback(stores, tmp_path):
-    from rlhf import data
 
     store, reviews = stores
     ids = _ids(reviews)
@@ -139,13 +141,13 @@ def test_reviews_feed_the_export_with_production_feedback(stores, tmp_path):
     reviews.submit(ids["Capital of France?"], "bob", ratings={**RATE, "accuracy": 2})  # mean 3.5 -> 3.375 -> 3
     reviews.submit(ids["Name a river."], "alice", ratings=RATE)  # mean 4.0
     written = export_feedback(store.path, tmp_path / "all")
-    ratings = {r["response"]: r["rating"] for r in data.load(written["ratings"]["path"], "ratings").table.to_pylist()}
+    ratings = {r["response"]: r["rating"] for r in load(written["ratings"]["path"], "ratings").table.to_pylist()}
     assert ratings == {"Lyon": 3, "The Seine.": 4}
     prefs = {(p["prompt"], p["chosen"], p["rejected"])
-             for p in data.load(written["preferences"]["path"], "preferences").table.to_pylist()}
+             for p in load(written["preferences"]["path"], "preferences").table.to_pylist()}
     assert prefs == {("What is 2+2?", "4", "5"), ("What is 2+2?", "2 + 2 = 4.", "4"),
                      ("What is 2+2?", "2 + 2 = 4.", "5"), ("Is water wet?", "yes", "no")}
-    qa = data.load(written["corrections"]["path"], "qa").table.to_pylist()
+    qa = load(written["corrections"]["path"], "qa").table.to_pylist()
     assert [(r["question"], r["answer"]) for r in qa] == [("What is 2+2?", "2 + 2 = 4.")]
     reviews_only = export_feedback(store.path, tmp_path / "reviews", production=False)
     assert reviews_only["preferences"]["rows"] == 3 and reviews_only["ratings"]["rows"] == 2
@@ -214,13 +216,13 @@ def test_a_database_from_before_reviews_gains_the_new_column_and_tables(tmp_path
 
 def test_the_endpoint_keeps_the_words_its_output_guard_withheld():
     from serve.app import Answer, Job, answer_record
-    from serve.engine import Generation
+    from serve.engine import Completion
 
     job = Job("ans-1", "ask", "Q?", "Q?", [1, 2, 3], None)
-    gen = Generation("call me at 555-123-4567", "stop", 3, 9)
+    gen = Completion("call me at 555-123-4567", "stop", 3, 9)
     refused = answer_record(job, Answer("I'm sorry, ...", "content_filter", gen, {"reason": "output_pii"}), "m")
     assert (refused.answer, refused.blocked, refused.withheld) == ("I'm sorry, ...", "output_pii", gen.text)
-    fine = answer_record(job, Answer("4", "stop", Generation("4", "stop", 3, 1), None), "m")
+    fine = answer_record(job, Answer("4", "stop", Completion("4", "stop", 3, 1), None), "m")
     assert fine.withheld is None and fine.blocked is None
     refused_early = answer_record(job, Answer("I'm sorry", "content_filter", None, {"reason": "pii"}), "m")
     assert refused_early.withheld is None  # the input guard refused: the model wrote nothing
@@ -346,7 +348,7 @@ def test_the_page_is_plain_static_files_with_no_inline_code():
 
 
 def test_round_history_promotion_and_the_current_model(tmp_path, tiny_model_dir):
-    from rlhf.rounds import current_model, history, is_better_or_equal, promoted
+    from rlhf.human.rounds import current_model, history, is_better_or_equal, promoted
 
     assert is_better_or_equal("accuracy", 0.50, 0.52, 0.05) and not is_better_or_equal("accuracy", 0.4, 0.52, 0.05)
     assert is_better_or_equal("refusal", 0.10, 0.12, 0.0) and not is_better_or_equal("refusal", 0.2, 0.12, 0.0)
@@ -363,8 +365,8 @@ def test_round_history_promotion_and_the_current_model(tmp_path, tiny_model_dir)
 
 
 def test_a_worse_round_is_kept_but_not_promoted_and_its_report_says_so():
-    from rlhf.round_report import markdown
-    from rlhf.rounds import decide
+    from rlhf.human.round_report import markdown
+    from rlhf.human.rounds import decide
 
     best = {"round": 1, "metrics": {"accuracy": 0.50, "refusal": 0.1}}
     assert decide("accuracy", 0.52, best, 0.0) == (True, "accuracy 0.5200 is not worse than 0.5000 of round 1 "
@@ -396,7 +398,7 @@ def test_a_worse_round_is_kept_but_not_promoted_and_its_report_says_so():
 
 
 def test_a_round_needs_a_validation_set_reviews_and_something_to_learn(tmp_path, tiny_model_dir):
-    from rlhf.rounds import RoundError, retrain, run_round
+    from rlhf.human.rounds import RoundError, retrain, run_round
 
     base = [f"model.path={tiny_model_dir}", f"review.run_dir={tmp_path / 'rounds'}",
             f"serve.feedback_db={tmp_path / 'fb.sqlite'}"]
@@ -415,7 +417,7 @@ def test_a_round_needs_a_validation_set_reviews_and_something_to_learn(tmp_path,
 def test_review_commands_fail_cleanly(tmp_path):
     from typer.testing import CliRunner
 
-    from rlhf.cli import app
+    from rlhf.cli.main import app
 
     runner = CliRunner()
     bad = runner.invoke(app, ["review", "queue", str(tmp_path / "none.yaml")])
@@ -454,7 +456,7 @@ def _free_port() -> int:
 
 def _browser_config(tmp_path: Path, tiny_model_dir: str):
     return load_config(None, [
-        f"model.path={tiny_model_dir}", "model.max_prompt_tokens=64", f"data.train={QUESTIONS}", "data.gym_size=64",
+        f"model.path={tiny_model_dir}", "model.max_prompt_tokens=64", f"train={QUESTIONS}", "gym_size=64",
         f"eval.data={QUESTIONS}", "eval.size=16", "rollout.max_new_tokens=12",
         f"serve.feedback_db={tmp_path / 'fb.sqlite'}", f"serve.api_keys=[{USER_KEY}]",
         f"serve.admin_keys=[{ADMIN_KEY}]",
@@ -572,8 +574,7 @@ def _save_screenshot(driver, tmp_path: Path, name: str) -> Path:
 def test_review_page_in_a_real_browser(review_server, tmp_path, tiny_model_dir):
     import httpx
 
-    from rlhf import data
-    from rlhf.review_queue import build_queue
+    from rlhf.human.review_queue import build_queue
 
     cfg, base = review_server
     disliked = _seed_production_answers(base)
@@ -670,7 +671,7 @@ def test_review_page_in_a_real_browser(review_server, tmp_path, tiny_model_dir):
     assert {"prompt": mouse["question"], "response": mouse["a_text"], "rating": 3} in exported["ratings"]  # 2.75
     corrections = {(r["question"], r["answer"]) for r in exported["corrections"]}
     assert {(c["question"], "2 plus 3 is 5."), (items[key_compare]["question"], "The answer is 7.")} <= corrections
-    loaded = data.load(written["corrections"]["path"], "qa")  # and they load as training data
+    loaded = load(written["corrections"]["path"], "qa")  # and they load as training data
     assert loaded.table.num_rows == len(exported["corrections"])
 
     _check_review_api(base, mouse_item, compare_item)
@@ -723,8 +724,8 @@ def _sampled_digits(model_dir: str, questions: list[str], samples: int = 4, max_
     sampled distribution shows how far the reviews moved the model."""
     import torch
 
-    from rlhf.models import load_causal_lm, load_tokenizer
-    from rlhf.prompts import render_prompt
+    from rlhf.data.prompts import render_prompt
+    from rlhf.models.loading import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(model_dir)
     tok.padding_side = "left"
@@ -756,9 +757,9 @@ def test_two_rounds_learn_what_the_reviewers_prefer(tmp_path, tiny_model_dir):
     import ray
     from typer.testing import CliRunner
 
-    from rlhf.cli import app
-    from rlhf.review_queue import build_queue
-    from rlhf.rounds import current_model, run_round
+    from rlhf.cli.main import app
+    from rlhf.human.review_queue import build_queue
+    from rlhf.human.rounds import current_model, run_round
 
     config = tmp_path / "hitl.yaml"
     config.write_text(f"""

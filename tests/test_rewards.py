@@ -2,7 +2,8 @@
 
 import pytest
 
-from rlhf.rewards import (
+from rlhf.config.training import RewardConfig
+from rlhf.rl.rewards import (
     RULES,
     combine,
     extract_answer,
@@ -11,7 +12,6 @@ from rlhf.rewards import (
     parse_number,
     validate_rules,
 )
-from rlhf.config import RewardConfig
 
 em = RULES["exact_match"]
 f1 = RULES["token_f1"]

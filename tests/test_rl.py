@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def rlhf(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlhf.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rlhf.cli.main", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "COLUMNS": "200"})
 
 
@@ -107,8 +107,8 @@ def test_bad_configs_fail_before_any_actor_starts():
 def live_roles(tmp_path_factory):
     """Real actors for checks that need to look inside them; one Ray session for all."""
     from actors.launch import shutdown, start_roles
-    from rlhf.config import load_config
-    from rlhf.models import load_tokenizer, resolve_model_path
+    from rlhf.config.tree import load_config
+    from rlhf.models.loading import load_tokenizer, resolve_model_path
 
     cfg = load_config(ROOT / "examples" / "tiny-grpo.yaml", ["train.steps=3", "train.save_every=0"])
     path = resolve_model_path(cfg.model.path)
@@ -129,7 +129,7 @@ def test_learner_parameters_are_partitioned(live_roles):
 
 
 def test_resume_restores_step_optimizer_moments_and_data_position(live_roles):
-    from rlhf.loop import Trainer
+    from rlhf.rl.trainer import Trainer
 
     cfg, roles, tokenizer, run_dir = live_roles
     (run_dir / "checkpoints").mkdir(exist_ok=True)

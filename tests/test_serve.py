@@ -11,12 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import ConfigError, ServeConfig, load_config
+from rlhf.config.tree import load_config
+from rlhf.config.typed_yaml import ConfigError
+from rlhf.config.workflow import ServeConfig
+from rlhf.data.kinds import load
+from rlhf.data.tables import to_pairs
+from rlhf.human.feedback import AnswerRecord, FeedbackError, FeedbackStore, export_feedback
+from rlhf.safety.guard_rules import Decision, find_injection, find_pii
 from serve.auth import KeyChecker
-from rlhf.feedback import AnswerRecord, FeedbackError, FeedbackStore, export_feedback
-from serve.guardrails import Decision, Guard, find_injection, find_pii
-from serve.openai_api import (ApiError, AskRequest, ChatCompletionRequest, CompletionRequest, FeedbackRequest,
-                              parse_json, parse_model)
+from serve.guardrails import Guard
+from serve.openai_api import (
+    ApiError,
+    AskRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    parse_json,
+    parse_model,
+)
 
 KEY, ADMIN = "test-key", "test-admin"
 
@@ -111,22 +123,21 @@ def test_feedback_store_keeps_everything_across_reopen_and_exports(tmp_path):
     assert reopened.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     reopened.close()
 
-    from rlhf import data
 
     written = export_feedback(db, tmp_path / "out")
-    ratings = data.load(written["ratings"]["path"], "ratings").table.to_pylist()
+    ratings = load(written["ratings"]["path"], "ratings").table.to_pylist()
     assert sorted((r["response"], r["rating"]) for r in ratings) == [("4", 4), ("5", 1)]
-    prefs = data.load(written["preferences"]["path"], "preferences").table.to_pylist()
+    prefs = load(written["preferences"]["path"], "preferences").table.to_pylist()
     assert {(p["chosen"], p["rejected"]) for p in prefs} == {("4", "5"), ("2+2 is 4.", "5")}
-    assert data.to_pairs(data.load(written["ratings"]["path"], "ratings")).num_rows == 1
-    qa = data.load(written["corrections"]["path"], "qa").table.to_pylist()
+    assert to_pairs(load(written["ratings"]["path"], "ratings")).num_rows == 1
+    qa = load(written["corrections"]["path"], "qa").table.to_pylist()
     assert qa == [{"question": "What is 2+2?", "answer": "2+2 is 4.", "context": None, "choices": None}]
 
 
 def test_feedback_export_command(tmp_path):
     from typer.testing import CliRunner
 
-    from rlhf.cli import app
+    from rlhf.cli.main import app
 
     store = FeedbackStore(tmp_path / "fb.sqlite")
     _answer(store, "a1", "Q?", "yes")
@@ -215,7 +226,7 @@ def test_serve_config_checks_and_deployment_options():
 def test_serve_command_fails_cleanly_before_starting_anything(tmp_path):
     from typer.testing import CliRunner
 
-    from rlhf.cli import app
+    from rlhf.cli.main import app
 
     bad_key = CliRunner().invoke(app, ["serve", "--model", "tiny", "serve.replicas=2"])
     assert bad_key.exit_code == 2 and "serve.num_replicas" in bad_key.output
@@ -426,12 +437,11 @@ def test_feedback_survives_a_serve_restart_and_exports_as_pairs(server, http, tm
         assert stats["feedback"] == {"rating": 1, "thumbs": 1, "preference": 1, "correction": 1}, seconds
         assert again.post("/feedback", json={"id": first["id"], "thumbs": "up"}).status_code == 200
 
-    from rlhf import data
 
     written = export_feedback(server.cfg.serve.feedback_db, tmp_path / "export")
-    pairs = data.load(written["preferences"]["path"], "preferences").table.to_pylist()
+    pairs = load(written["preferences"]["path"], "preferences").table.to_pylist()
     assert {(p["chosen"], p["rejected"]) for p in pairs} == {
         (first["answer"], second["answer"]), ("The Seine.", second["answer"])}
     assert all(p["prompt"] == "Name a river in France." for p in pairs)
-    ratings = {r["response"]: r["rating"] for r in data.load(written["ratings"]["path"], "ratings").table.to_pylist()}
+    ratings = {r["response"]: r["rating"] for r in load(written["ratings"]["path"], "ratings").table.to_pylist()}
     assert ratings == {first["answer"]: 5, second["answer"]: 1}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import sizing
-from rlhf.sizing import GIB, ModelShape
+from rlhf.cluster import sizing
+from rlhf.cluster.sizing import GIB, ModelShape
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ModelShape("toy", params=1e9, layers=10, hidden=1000, kv_heads=2, head_dim=100, vocab=10000)
@@ -65,4 +65,4 @@ def test_forward_only_share_rounds_up_to_a_tenth():
 
 def test_doc_tables_match_the_code():
     doc = (ROOT / "docs" / "scaling.md").read_text()
-    assert sizing.render() in doc, "docs/scaling.md is stale: paste `python -m rlhf.sizing` into it"
+    assert sizing.render() in doc, "docs/scaling.md is stale: paste `python -m rlhf.cluster.sizing` into it"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf.config import ConfigError, load_config, to_dict
+from rlhf.config.tree import load_config
+from rlhf.config.typed_yaml import ConfigError, to_dict
 from tune import checks, report
 from tune.space import SpaceError, load_space, parse_space, trial_config, trial_count, variants
 
@@ -32,7 +33,7 @@ def space_of(cfg, text: str):
 
 
 def rlhf(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlhf.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rlhf.cli.main", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "COLUMNS": "200"})
 
 
@@ -173,7 +174,7 @@ SFT_EXAMPLE = ROOT / "examples" / "tiny-sft-tune.yaml"
 
 
 def test_finetune_sweeps_are_checked_for_their_stage():
-    from tune import stages
+    from tune import trial_plan
 
     sft = load_config(SFT_EXAMPLE)
     configs = variants(load_space(ROOT / "examples" / "tiny-sft-space.yaml", sft), sft)
@@ -192,11 +193,11 @@ def test_finetune_sweeps_are_checked_for_their_stage():
     with pytest.raises(ConfigError, match="lower sft.num_workers"):
         checks.check_concurrency(two, {"CPU": 2.01}, {"CPU": 2.0}, "the Ray cluster")
     # Length: one report before training, then one per step.
-    assert stages.planned_steps(sft) == 4 and stages.reports(sft) == 5
+    assert trial_plan.planned_steps(sft) == 4 and trial_plan.reports(sft) == 5
     with pytest.raises(ConfigError, match="set sft.max_steps"):
-        stages.check_stage(trial_config(to_dict(sft), {"sft.max_steps": 0}))
+        trial_plan.check_stage(trial_config(to_dict(sft), {"sft.max_steps": 0}))
     with pytest.raises(ConfigError, match="rm.data is empty"):
-        stages.check_stage(trial_config(to_dict(sft), {"tune.stage": "rm", "rm.max_steps": 3}))
+        trial_plan.check_stage(trial_config(to_dict(sft), {"tune.stage": "rm", "rm.max_steps": 3}))
     with pytest.raises(ConfigError, match="tune.stage"):
         trial_config(to_dict(sft), {"tune.stage": "ppo"})
 
@@ -325,7 +326,7 @@ def sweep(tmp_path_factory) -> dict:
     run_dir = root / "run"
     args = ["tune", str(EXAMPLE), *SWEEP_ARGS, "--space", str(root / "space.yaml"), "--run-dir", str(run_dir)]
     log = (root / "first.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli.main", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "COLUMNS": "200"})
     try:
         # The local Ray holds one trial, so Tune starts the second trial only once the first has

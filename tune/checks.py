@@ -8,9 +8,10 @@ from __future__ import annotations
 import difflib
 import math
 
-from rlhf.config import Config, ConfigError
-from rlhf.resources import check_fits, role_bundles
-from tune import stages
+from rlhf.cluster.resources import check_fits, role_bundles
+from rlhf.config.tree import Config
+from rlhf.config.typed_yaml import ConfigError
+from tune import trial_plan
 
 # What every RL step reports, whatever the config: rlhf/loop.py `rl_step` (rollout metrics,
 # timers, samples/s, weight sync) and the learner's update stats (rlhf/algos.py policy_loss,
@@ -29,8 +30,8 @@ ALWAYS_REPORTED = (
 
 def reported_metrics(cfg: Config) -> set[str]:
     """Every metric a trial of `cfg` reports at each step."""
-    if cfg.tune.stage in stages.FINETUNE:
-        return set(stages.FINETUNE_METRICS[cfg.tune.stage])
+    if cfg.tune.stage in trial_plan.FINETUNE:
+        return set(trial_plan.FINETUNE_METRICS[cfg.tune.stage])
     names = set(ALWAYS_REPORTED)
     names |= {f"reward/{rule}" for rule in cfg.reward.rules}  # one component per rule reward
     if cfg.reward.model_path:
@@ -60,8 +61,8 @@ def check_metric(metric: str, configs: list[Config]) -> None:
 
 
 def trial_bundles(cfg: Config) -> list[dict[str, float]]:
-    """The trial's placement group (tune/stages.py)."""
-    return stages.trial_bundles(cfg)
+    """The trial's placement group (tune/trial_plan.py)."""
+    return trial_plan.trial_bundles(cfg)
 
 
 def check_same_layout(configs: list[Config]) -> None:
@@ -83,7 +84,7 @@ def trial_needs(configs: list[Config]) -> dict[str, float]:
     needs: dict[str, float] = {}
     for cfg in configs:
         totals: dict[str, float] = {}
-        for bundle in trial_bundles(cfg) + stages.outside_bundles(cfg):
+        for bundle in trial_bundles(cfg) + trial_plan.outside_bundles(cfg):
             for resource, amount in bundle.items():
                 totals[resource] = totals.get(resource, 0.0) + amount
         for resource, amount in totals.items():
@@ -115,7 +116,7 @@ def local_cpus(cfg: Config, needs: dict[str, float], cores: int) -> float:
     resources.num_cpus says otherwise."""
     if cfg.resources.num_cpus:
         return float(cfg.resources.num_cpus)
-    if cfg.tune.stage in stages.FINETUNE:  # its workers compute at the same time: a core each
+    if cfg.tune.stage in trial_plan.FINETUNE:  # its workers compute at the same time: a core each
         return needs.get("CPU", 1.0) * max(1, cores // getattr(cfg, cfg.tune.stage).num_workers)
     return needs.get("CPU", 1.0) * max(1, cores)
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rlhf.config import dump_config, get_dotted, load_config
+from rlhf.config.tree import dump_config, load_config
+from rlhf.config.typed_yaml import get_dotted
 from tune.space import plain, trial_config
-from tune.stages import planned_steps
+from tune.trial_plan import planned_steps
 
 DONE, STOPPED, UNFINISHED, ERROR = "done", "stopped early", "unfinished", "error"
 

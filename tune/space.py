@@ -23,8 +23,13 @@ from typing import Any
 
 import yaml
 
-from rlhf.config import Config, ConfigError, field_docs, from_dict, get_dotted, to_dict
-from rlhf.typed_yaml import yaml_load  # the config loader's YAML 1.2 scalars: 1e-3 is a float
+from rlhf.config.tree import Config, field_docs, from_dict
+from rlhf.config.typed_yaml import (
+    ConfigError,
+    get_dotted,
+    to_dict,
+    yaml_load,  # the config loader's YAML 1.2 scalars: 1e-3 is a float
+)
 
 FLOAT_DOMAINS = {"uniform": 2, "quniform": 3, "loguniform": 2, "qloguniform": 3, "randn": 2, "qrandn": 3}
 INT_DOMAINS = {"randint": 2, "qrandint": 3, "lograndint": 2, "qlograndint": 3}

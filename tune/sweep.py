@@ -1,5 +1,5 @@
 """`rlhf tune`: a Ray Tune sweep whose trials are short runs of the config's stage (tune.stage:
-RL by default, or SFT, RM or DPO training; tune/stages.py).
+RL by default, or SFT, RM or DPO training; tune/trial_plan.py).
 
 Everything that can be wrong with the request (space keys, ranges, the metric, the room for
 concurrent trials, the run directory) fails before any trial starts. The sweep's run directory:
@@ -21,8 +21,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rlhf.config import Config, ConfigError, dump_config, load_config, to_dict
-from tune import checks, report, stages
+from rlhf.config.tree import Config, dump_config, load_config
+from rlhf.config.typed_yaml import ConfigError, to_dict
+from tune import checks, report, trial_plan
 from tune.space import FIXED, Space, load_space, searched, to_tune_space, trial_config, trial_count, variants
 from tune.trial import run_trial
 
@@ -58,9 +59,9 @@ def run_sweep(cfg: Config, space_path: str | Path, run_dir: str | Path | None = 
     space = load_space(space_path, cfg)
     configs = variants(space, cfg)
     for c in configs:
-        stages.check_stage(c)
+        trial_plan.check_stage(c)
     checks.check_metric(cfg.tune.metric, configs)
-    max_steps = max(stages.reports(c) for c in configs)
+    max_steps = max(trial_plan.reports(c) for c in configs)
     make_scheduler(cfg, space, max_steps)  # its errors too come before Ray starts
     if cfg.tune.scheduler == "pbt":
         checks.check_same_layout(configs)

@@ -32,7 +32,7 @@ def run_trial(config: dict, base: dict, trials_dir: str) -> None:
     from ray import tune
     from rich.console import Console
 
-    from actors.driver import run_training
+    from actors.launch import run_training
 
     cfg = trial_config(base, config)
     run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
@@ -56,9 +56,9 @@ def run_trial(config: dict, base: dict, trials_dir: str) -> None:
 def run_finetune_trial(cfg, run_dir: Path) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rlhf.config import dump_config
-    from rlhf.finetune import run_finetune
-    from rlhf.stages import finetune_job
+    from rlhf.config.tree import dump_config
+    from rlhf.supervised.inputs import finetune_job
+    from rlhf.supervised.trainer import run_finetune
 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)

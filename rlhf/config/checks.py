@@ -1,0 +1,127 @@
+"""Checks of the config tree that must fail before any actor starts, each naming the field and
+what was expected: choice fields against their registries, then cross-field rules.
+
+A choice field's valid values come from one place. Where a registry defines them (advantage
+estimators, losses, KL estimators, reward rules, metrics, guard rules, pipeline stages, data
+kinds), `CHOICES` names that registry as "module:attribute" and it is looked up when a config
+loads (by name, so the config package imports nothing above it); registering a new variant makes
+it valid everywhere at once. The other choices are listed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+from rlhf.config.typed_yaml import ConfigError, get_dotted
+
+CHOICES: dict[str, str | tuple[str, ...]] = {
+    "algo.name": "rlhf.rl.advantages:ADVANTAGES",
+    "algo.policy_loss": "rlhf.rl.losses:POLICY_LOSSES",
+    "algo.kl_estimator": "rlhf.rl.kl:KL_ESTIMATORS",
+    "reward.rules": "rlhf.rl.rewards:RULES",
+    "data.kind": "rlhf.data.kinds:SCHEMAS",
+    "review.promote_metric": "rlhf.evaluation.metrics:METRICS",
+    "serve.guard_rules": "rlhf.safety.guard_rules:GUARD_RULES",
+    "pipeline.stages": "rlhf.pipeline.stages:PIPELINE_STAGES",
+    "model.dtype": ("float32", "bfloat16"),  # `auto` is settled before the checks run
+    "model.attention": ("auto", "eager", "sdpa", "flash_attention_2"),
+    "rollout.weight_sync": ("auto", "shm", "object_store"),
+    "learner.backend": ("auto", "gloo", "nccl"),
+    "tune.stage": ("rl", "sft", "rm", "dpo"),
+    "tune.mode": ("max", "min"),
+    "tune.scheduler": ("asha", "pbt", "fifo"),
+    "review.method": ("dpo", "rm+rl"),
+}
+"""Dotted choice field -> its valid values, or the registry ("module:attribute") that holds them."""
+
+HINTS = {
+    ("rollout.weight_sync", "nccl"): "NCCL weight transfer into vLLM is not available in this version (without "
+    "CUDA it would leave the engines on stale weights); use auto, shm (one node) or object_store (across nodes)",
+}
+
+
+def registry(dotted: str):
+    """The registry behind a choice field (a Mapping of name -> entry)."""
+    module, attr = str(CHOICES[dotted]).split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def valid_values(dotted: str) -> tuple[str, ...]:
+    """The valid values of a choice field, read from its registry where it has one."""
+    source = CHOICES[dotted]
+    return source if isinstance(source, tuple) else tuple(registry(dotted))
+
+
+def _check(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+def _given(value) -> Iterable[str]:
+    """The names a choice field holds: one string, a list of them, or the keys of a mapping."""
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def check_choices(cfg) -> None:
+    for dotted in CHOICES:
+        valid = valid_values(dotted)
+        for name in _given(get_dotted(cfg, dotted)):
+            hint = HINTS.get((dotted, name))
+            _check(hint is None, dotted, f"'{name}': {hint}")
+            _check(name in valid, dotted, f"unknown value '{name}'; valid: {', '.join(valid)}")
+
+
+def validate(cfg) -> None:
+    """Every check that must fail before any actor starts."""
+    check_choices(cfg)
+    _validate_rl(cfg)
+    _validate_sizes(cfg)
+    _validate_review(cfg.review)
+
+
+def _validate_rl(cfg) -> None:
+    _check(bool(cfg.model.path.strip()), "model.path", "is empty: set a folder, `smollm2`, `tiny` or a hub id")
+    _check(cfg.rollout.n_samples >= 1, "rollout.n_samples", "must be at least 1")
+    need = registry("algo.name")[cfg.algo.name].min_group_size
+    _check(cfg.rollout.n_samples >= need, "rollout.n_samples",
+           f"{cfg.algo.name} compares samples within a group and needs at least {need} per prompt")
+    _check(not (cfg.learner.backend == "nccl" and not cfg.resources.use_gpu), "learner.backend",
+           "nccl needs GPUs (resources.use_gpu: true); on CPU use auto or gloo")
+    for name, weight in cfg.reward.rules.items():
+        _check(isinstance(weight, (int, float)) and weight == weight and abs(weight) != float("inf"),
+               f"reward.rules.{name}", f"weight must be a finite number, got {weight!r}")
+
+
+def _validate_sizes(cfg) -> None:
+    _check(cfg.learner.num_ranks >= 1, "learner.num_ranks", "must be at least 1")
+    _check(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be at least 1")
+    _check(cfg.learner.mini_batches >= 1, "learner.mini_batches", "must be at least 1")
+    _check(cfg.learner.deepspeed.zero_stage in (0, 1, 2, 3), "learner.deepspeed.zero_stage", "expected 0-3")
+    batch = cfg.train.prompts_per_step * cfg.rollout.n_samples
+    per_update = cfg.learner.num_ranks * cfg.learner.mini_batches
+    _check(
+        batch % per_update == 0,
+        "train.prompts_per_step",
+        f"the batch of {cfg.train.prompts_per_step} prompts x {cfg.rollout.n_samples} samples = {batch} "
+        f"sequences does not divide across learner.num_ranks={cfg.learner.num_ranks} x "
+        f"learner.mini_batches={cfg.learner.mini_batches}",
+    )
+    _check(cfg.train.steps >= 1, "train.steps", "must be at least 1")
+    _check(cfg.train.save_every >= 0, "train.save_every", "must be 0 or more")
+    _check(0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    _check(cfg.serve.max_tokens_limit >= 1, "serve.max_tokens_limit", "must be at least 1")
+
+
+def _validate_review(r) -> None:
+    _check(registry("review.promote_metric")[r.promote_metric].better is not None, "review.promote_metric",
+           f"{r.promote_metric} has no better direction; choose a metric where higher or lower is better")
+    _check(r.batch_size >= 1, "review.batch_size", "must be at least 1")
+    _check(r.candidates >= 0, "review.candidates", "must be 0 or more")
+    _check(r.reviewers_per_item >= 1, "review.reviewers_per_item", "must be at least 1")
+    for name in ("random_fraction", "production_fraction"):
+        _check(0.0 <= getattr(r, name) <= 1.0, f"review.{name}", "must be in [0, 1]")
+    _check(r.random_fraction + r.production_fraction <= 1.0, "review.random_fraction",
+           "random_fraction + production_fraction must not exceed 1")

@@ -1,0 +1,182 @@
+"""Config sections of the stages around the RL run: supervised fine-tuning (sft, rm, dpo),
+evaluation, the pipeline, human review, serving and sweeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    """Address the HTTP proxy binds."""
+    port: int = 8000
+    """HTTP port."""
+    model_name: str = "rlhf-qa"
+    """Model name reported by /v1/models and accepted in requests."""
+    num_replicas: int = 1
+    """Replicas of the QA deployment (ignored when autoscaling is on)."""
+    autoscale_min: int = 0
+    """Autoscaling minimum replicas; 0 with autoscale_max 0 disables autoscaling."""
+    autoscale_max: int = 0
+    """Autoscaling maximum replicas."""
+    max_tokens_limit: int = 512
+    """Largest max_tokens a request may ask for."""
+    api_keys: list[str] = field(default_factory=list)
+    """Accepted API keys (also read from RLHF_API_KEYS); empty allows anonymous use."""
+    admin_keys: list[str] = field(default_factory=list)
+    """Keys for the review and admin routes."""
+    reviewer_keys: dict[str, str] = field(default_factory=dict)
+    """Reviewer name -> key for the review page and its routes only (also read from
+    RLHF_REVIEWER_KEYS as name=key,name=key); an admin key works there as reviewer `admin`."""
+    feedback_db: str = "feedback.sqlite"
+    """SQLite feedback store (WAL mode)."""
+    input_guard: str = ""
+    """Input guard classifier folder; empty uses rule checks only."""
+    output_guard: str = ""
+    """Output guard classifier folder; empty uses rule checks only."""
+    guard_threshold: float = 0.5
+    """Block when a guard classifier's unsafe probability exceeds this."""
+    guard_rules: list[str] = field(default_factory=lambda: ["length", "injection", "pii"])
+    """Rule checks to run (rlhf/safety/guard_rules.py): length and injection on questions, pii on
+    questions and answers."""
+    max_prompt_chars: int = 8000
+    """The length rule blocks a question or conversation longer than this many characters."""
+    max_model_len: int = 2048
+    """Engine context window in tokens (prompt plus max_tokens), capped at the model's own."""
+    default_max_tokens: int = 128
+    """max_tokens when a request gives none (lowered to fit the context window)."""
+    ask_temperature: float = 0.0
+    """Sampling temperature for /ask (0 is greedy)."""
+    max_ongoing_requests: int = 128
+    """Requests one replica takes at once (Serve's max_ongoing_requests); vLLM batches them."""
+    target_ongoing_requests: float = 32.0
+    """Autoscaling target of in-flight requests per replica."""
+    cpus_per_replica: float = 1.0
+    """CPUs Ray reserves for each replica; on CPU also the thread count of its vLLM engine."""
+    health_check_period_s: float = 10.0
+    """Seconds between Serve's health checks of a replica (each asks the vLLM engine)."""
+    health_check_timeout_s: float = 30.0
+    """A health check slower than this marks the replica unhealthy; Serve replaces it."""
+
+
+@dataclass
+class TuneConfig:
+    stage: str = "rl"
+    """What each trial runs: rl (`rlhf train`), or sft, rm or dpo (that stage's training, with
+    its <stage>.max_steps as the trial's length and validation reported every step)."""
+    metric: str = "reward/mean"
+    """Metric the sweep optimises (val/loss, val/accuracy, ... for sft, rm and dpo trials)."""
+    mode: str = "max"
+    """Whether the sweep maximises or minimises tune.metric."""
+    num_samples: int = 4
+    """Trials to sample from the space."""
+    scheduler: str = "asha"
+    """Trial scheduler: asha stops laggards early, pbt copies leaders, fifo runs every trial out."""
+    grace_period: int = 2
+    """ASHA: steps before a trial may be stopped."""
+    max_concurrent: int = 0
+    """Concurrent trials; 0 lets the resources decide."""
+
+
+@dataclass
+class FinetuneConfig:
+    data: str = ""
+    """Training file for this stage (qa for SFT; preferences, ratings or rankings for RM/DPO),
+    or `gym:<task>` for generated QA pairs."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Column mapping from the file's names to ours."""
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed)."""
+    lr: float = 2e-5
+    """Learning rate (AdamW, linear warm-up then constant)."""
+    batch_size: int = 8
+    """Sequences (or pairs) per optimizer step, over all workers."""
+    micro_batch_size: int = 4
+    """Sequences (or pairs) per worker per forward pass."""
+    max_length: int = 256
+    """Tokens per sequence; longer ones are truncated (prompt from the left)."""
+    num_workers: int = 2
+    """Ray Train workers (DeepSpeed ranks)."""
+    zero_stage: int = 3
+    """DeepSpeed ZeRO stage for this stage."""
+    val_fraction: float = 0.1
+    """Held-out share for validation loss/accuracy, chosen by a hash of the question."""
+    base_model: str = ""
+    """Model to start from; empty means the previous stage's output (or model.path)."""
+    beta: float = 0.1
+    """DPO: strength of the implicit KL to the reference."""
+    lora: bool = False
+    """Train LoRA adapters (model.lora settings) and merge them into the export."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: no limit)."""
+
+
+@dataclass
+class EvalConfig:
+    data: str = ""
+    """Held-out QA file (or `gym:<task>`) with reference answers; never trained on."""
+    size: int = 200
+    """Questions generated for `gym:` sources."""
+    seed: int = 12345
+    """Seed for generated held-out questions (differs from data.seed so they are unseen)."""
+    max_new_tokens: int = 64
+    """Greedy answer length."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for 95% confidence intervals."""
+    reward_model: str = ""
+    """Reward model for the quality proxies and win rate; empty skips them."""
+
+
+@dataclass
+class PipelineConfig:
+    stages: list[str] = field(default_factory=lambda: ["sft", "pairs", "rm", "rl", "eval"])
+    """Stages to run, in this order (rlhf/pipeline/stages.py)."""
+    run_dir: str = "runs/pipeline"
+    """Where stage artifacts and summary.json go."""
+    pairs_k: int = 4
+    """Answers generated per question for preference pairs."""
+    pairs_questions: int = 256
+    """Questions used to build preference pairs."""
+    human_feedback: list[str] = field(default_factory=list)
+    """Extra ratings/rankings/preferences files merged into the pairs (kind from the columns)."""
+
+
+@dataclass
+class ReviewConfig:
+    questions: str = ""
+    """Questions the review queue draws from (a QA or prompts file, or `gym:<task>`); empty uses
+    data.train. Questions of the validation set (eval.data) are never queued."""
+    candidates: int = 64
+    """Questions the current model answers twice (rollout sampling settings) per queue batch."""
+    batch_size: int = 20
+    """Items one `rlhf review queue` adds to the queue."""
+    random_fraction: float = 0.1
+    """Share of a batch drawn at random (single answers to rate): calibrates reviewers and checks
+    what the targeted selection misses."""
+    production_fraction: float = 0.3
+    """Largest share of a batch given to endpoint answers that the output guard withheld or that
+    users gave a thumbs-down."""
+    reward_model: str = ""
+    """Reward model that picks the answer pairs it is least sure of (smallest score difference);
+    empty uses reward.model_path; with neither, a batch has no `uncertain` items."""
+    reviewers_per_item: int = 2
+    """Reviews an item collects before it leaves the queue; more than one measures agreement."""
+    run_dir: str = "runs/review"
+    """Where `rlhf round` writes round-000 (the starting model, evaluated), round-001, ..."""
+    method: str = "dpo"
+    """How a round retrains the last promoted model: dpo, or rm+rl (a reward model on the pairs,
+    then RL against it with the rl settings)."""
+    sft_corrections: bool = False
+    """Before the preference step, fine-tune on the corrected answers (sft section settings)."""
+    production_feedback: bool = True
+    """Train on the endpoint users' feedback as well as on the reviews."""
+    promote_metric: str = "accuracy"
+    """Validation metric (eval.data, rlhf/evaluation/metrics.py) a round must not make worse to be
+    promoted."""
+    tolerance: float = 0.0
+    """A round is promoted when promote_metric is worse than the promoted model's by at most this."""
+    target: float = 0.0
+    """Value of promote_metric on the validation set that is good enough: the round report says
+    when the loop can stop; 0 disables."""

@@ -1,0 +1,101 @@
+"""RL prompts: load questions, render them with the chat template, and hand out batches.
+
+The sampler's state (epoch, position) is two integers saved in every checkpoint, so a resumed
+run sees exactly the prompts it would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rlhf.config.tree import Config
+from rlhf.data.tables import load_source, split
+
+
+@dataclass
+class PromptBatch:
+    """The prompts of one step (before sampling n responses for each)."""
+
+    questions: list[str]  # [N] raw questions
+    references: list[str | None]  # [N] reference answers for rule rewards
+    choices: list[list[str] | None]  # [N] options of closed-ended questions
+    prompt_ids: list[list[int]]  # [N][P_i] chat-templated, tokenized prompts
+
+
+def render_prompt(tokenizer, question: str, system_prompt: str = "", chat_template: bool = True) -> str:
+    """The text the policy sees: the chat template when the tokenizer has one."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": question})
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return f"Question: {question}\nAnswer:"
+
+
+def encode_prompt(tokenizer, text: str, max_tokens: int) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return ids[-max_tokens:]  # keep the end: the question and the assistant header
+
+
+class PromptSet:
+    """Training prompts from `cfg.data` (the validation share is held out by hash)."""
+
+    def __init__(self, cfg: Config, tokenizer):
+        kind = "qa" if cfg.data.kind == "qa" else "prompts"
+        result = load_source(cfg.data.train, kind, cfg.data.fields, cfg.data.gym_size, cfg.data.seed)
+        train, _ = split(result.table, cfg.data.val_fraction, seed=cfg.data.seed)
+        rows = train.to_pylist()
+        if not rows:
+            raise ValueError(f"{cfg.data.train}: no training prompts left after the validation split")
+        self.questions = [r["question"] for r in rows]
+        self.references = [r.get("reference", r.get("answer")) for r in rows]
+        self.choices = [r.get("choices") for r in rows]
+        self.prompt_ids = [
+            encode_prompt(
+                tokenizer,
+                render_prompt(tokenizer, q, cfg.model.system_prompt, cfg.model.chat_template),
+                cfg.model.max_prompt_tokens,
+            )
+            for q in self.questions
+        ]
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def batch(self, indices: list[int]) -> PromptBatch:
+        return PromptBatch(
+            questions=[self.questions[i] for i in indices],
+            references=[self.references[i] for i in indices],
+            choices=[self.choices[i] for i in indices],
+            prompt_ids=[self.prompt_ids[i] for i in indices],
+        )
+
+
+class PromptSampler:
+    """Shuffled passes over the prompt set; each epoch's order depends only on (seed, epoch)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch, self.position = 0, 0
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(self.size))
+        random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        return order
+
+    def next_indices(self) -> list[int]:
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+            order = self._order(self.epoch)
+            take = min(self.batch_size - len(out), self.size - self.position)
+            out.extend(order[self.position : self.position + take])
+            self.position += take
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -1,0 +1,23 @@
+"""Settings derived from the config tree where a field is left to `auto` or unset.
+
+Resolved where they are used (not when the config loads), from the config alone, so a saved
+config still says `auto` and gives the same answer when it is loaded again.
+"""
+
+from __future__ import annotations
+
+from rlhf.config.tree import Config
+
+
+def learner_bf16(cfg: Config) -> bool:
+    """learner.deepspeed.bf16, where unset following model.dtype."""
+    ds = cfg.learner.deepspeed
+    return cfg.model.dtype == "bfloat16" if ds.bf16 is None else ds.bf16
+
+
+def attention_impl(cfg: Config) -> str:
+    """model.attention with auto settled (see the field's docstring)."""
+    if cfg.model.attention != "auto":
+        return cfg.model.attention
+    short = cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens <= 512
+    return "eager" if short and not cfg.resources.use_gpu else "sdpa"

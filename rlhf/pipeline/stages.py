@@ -1,0 +1,126 @@
+"""The pipeline stages, registered in the order they run: what each one does
+(`(pipeline, folder) -> (output path, metrics)`), which config sections it depends on, which
+earlier stages' artifacts it reads, and whether its output is the next policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlhf.registry import Registry
+from rlhf.supervised.inputs import generate_pairs, pair_job, sft_job
+from rlhf.supervised.trainer import run_finetune
+
+if TYPE_CHECKING:
+    from rlhf.pipeline.runner import Pipeline
+
+
+@dataclass(frozen=True)
+class Stage:
+    run: Callable[[Pipeline, Path], tuple]  # (pipeline, folder) -> (output path, metrics)
+    sections: tuple[str, ...]  # config sections whose change reruns the stage
+    upstream: tuple[str, ...] = ()  # earlier stages whose artifacts it reads (by hash)
+    produces_policy: bool = False  # its output is the policy the next stages start from
+
+
+PIPELINE_STAGES: Registry[Stage] = Registry("pipeline stage")
+"""Stages by name (`pipeline.stages`), in the order a pipeline runs them."""
+
+
+def stage(name: str, sections: tuple[str, ...], upstream: tuple[str, ...] = (), produces_policy: bool = False):
+    """Register the decorated `(pipeline, folder) -> (output, metrics)` function as a stage."""
+
+    def wrap(fn: Callable) -> Callable:
+        PIPELINE_STAGES.register(name)(Stage(fn, sections, upstream, produces_policy))
+        return fn
+
+    return wrap
+
+
+def _last_val(rows: list[dict]) -> dict:
+    return {k: v for k, v in rows[-1].items() if k.startswith("val/")} if rows else {}
+
+
+@stage("sft", ("sft", "model", "data"), produces_policy=True)
+def run_sft(p: Pipeline, folder: Path):
+    job = sft_job(p.cfg, p.current_policy(), folder / "model")
+    rows = run_finetune(job, p.cfg, log=p.log)
+    return folder / "model", {"first": rows[0], "last": _last_val(rows), "examples": len(job.train)}
+
+
+@stage("pairs", ("pipeline", "reward", "rollout", "model", "data"), upstream=("sft",))
+def run_pairs(p: Pipeline, folder: Path):
+    info = generate_pairs(p.cfg, p.current_policy(), folder / "pairs.parquet")
+    return folder / "pairs.parquet", info
+
+
+def _pair_files(p: Pipeline, stage: str) -> list[str]:
+    return [str(p.need(stage, "pairs").output), *p.cfg.pipeline.human_feedback]
+
+
+@stage("rm", ("rm", "pipeline"), upstream=("pairs",))
+def run_rm(p: Pipeline, folder: Path):
+    base = p.cfg.rm.base_model or p.base_model
+    job = pair_job("rm", p.cfg, base, _pair_files(p, "rm"), folder / "model")
+    rows = run_finetune(job, p.cfg, log=p.log)
+    return folder / "model", {"first": rows[0], "last": _last_val(rows), "pairs": len(job.train)}
+
+
+@stage("dpo", ("dpo", "pipeline"), upstream=("pairs", "sft"), produces_policy=True)
+def run_dpo(p: Pipeline, folder: Path):
+    job = pair_job("dpo", p.cfg, p.current_policy(), _pair_files(p, "dpo"), folder / "model")
+    rows = run_finetune(job, p.cfg, log=p.log)
+    return folder / "model", {"first": rows[0], "last": _last_val(rows), "pairs": len(job.train)}
+
+
+@stage("rl", ("algo", "rollout", "learner", "reward", "reference", "train", "data", "model"),
+       upstream=("sft", "dpo", "rm"), produces_policy=True)
+def run_rl(p: Pipeline, folder: Path):
+    """RL on Ray actors, started by the function the CLI layer handed the pipeline."""
+    if p.run_training is None:
+        raise RuntimeError("the rl stage needs Pipeline(run_training=...) from the CLI layer")
+    cfg = p.cfg
+    reward = cfg.reward
+    if "rm" in p.cfg.pipeline.stages:
+        reward = dataclasses.replace(reward, model_path=str(p.need("rl", "rm").output))
+    policy = p.current_policy()
+    cfg = p.stage_config(model=dataclasses.replace(cfg.model, path=policy), reward=reward,
+                         reference=dataclasses.replace(cfg.reference, path=policy),
+                         train=dataclasses.replace(cfg.train, export=True))
+    run_dir = folder / "run"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)  # the inputs changed: this RL run starts over
+    p.run_training(cfg, run_dir=run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keep = ("reward/mean", "objective/kl", "timing/step")
+    return run_dir / "model", {"first": {k: rows[0].get(k) for k in keep}, "last": {k: rows[-1].get(k) for k in keep},
+                               "steps": len(rows)}
+
+
+@stage("eval", ("eval", "model"), upstream=("sft", "dpo", "rl"))
+def run_eval(p: Pipeline, folder: Path):
+    from rlhf.evaluation.heldout import evaluate
+
+    final = p.current_policy()
+    report = evaluate(final, p.cfg.eval.data, folder, p.cfg, baseline=p.base_model)
+    diff = report["diff"]["accuracy"]
+    summary = {
+        "heldout_accuracy_before": report["baseline"]["accuracy"],
+        "heldout_accuracy_after": report["accuracy"],
+        "heldout_accuracy_diff": diff["mean"],
+        "heldout_accuracy_diff_ci95": list(diff["ci95"]),
+        "heldout_questions": report["n"],
+        "final_model": final,
+        "base_model": p.base_model,
+        "report": str(folder / "report.md"),
+        "stage_seconds": {s: a.manifest["seconds"] for s, a in p.artifacts.items()},
+    }
+    (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return folder / "report.json", summary

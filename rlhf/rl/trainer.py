@@ -1,0 +1,252 @@
+"""The RL driver. One step reads as the algorithm:
+
+    generate -> (reward | reference | old logprobs & values, concurrently) -> advantages
+             -> update -> weight sync (+ logprob agreement probe)
+
+With one optimizer step per batch and no critic the old-logprob pass is skipped: the update's
+own pass gives the same numbers (rlhf.batch.single_update).
+
+The driver talks to its roles through the small interfaces below, so tests can hand it
+in-process objects and the real run hands it Ray actors (actors/launch.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rlhf.config.tree import Config
+from rlhf.data.prompts import PromptBatch, PromptSampler, PromptSet
+from rlhf.rl.advantages import compute_advantages, kl_penalised_token_rewards
+from rlhf.rl.batch import Experience, Rollout, pack_sequences, pad_float_lists, single_update
+from rlhf.rl.kl import kl_estimate, make_kl_controller
+from rlhf.rl.masked import masked_mean, masked_sum
+from rlhf.tracking import MetricsLog, Timer, plot_metrics
+
+
+class RolloutEngines(Protocol):
+    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int]) -> Rollout: ...
+    def load_weights(self, packet: Any) -> float: ...
+    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]: ...
+
+
+class RewardScorer(Protocol):
+    def score_async(self, questions, responses, references, choices, n_tokens) -> Future: ...
+
+
+class ReferencePolicy(Protocol):
+    def logprobs_async(self, sequences, attention_mask, prompt_len: int, response_len: int) -> Future: ...
+
+
+class Learner(Protocol):
+    def forward_async(self, exp: Experience) -> Future: ...
+    def update(self, exp: Experience, kl_coef: float) -> dict: ...
+    def publish_weights(self) -> Any: ...
+    def save(self, folder: str, tag: str) -> None: ...
+    def load(self, folder: str, tag: str) -> int: ...
+    def export(self, out_dir: str) -> str: ...
+
+
+@dataclass
+class Roles:
+    rollout: RolloutEngines
+    reward: RewardScorer
+    reference: ReferencePolicy | None
+    learner: Learner
+    num_ranks: int = 1
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: the trainer saved a checkpoint before raising this."""
+
+
+class Trainer:
+    """Owns the step counter, the prompt sampler and the KL controller; runs `rl_step`s."""
+
+    def __init__(self, cfg: Config, roles: Roles, run_dir: Path, tokenizer, progress: Callable | None = None):
+        self.cfg, self.roles, self.run_dir, self.tokenizer = cfg, roles, run_dir, tokenizer
+        self.prompts = PromptSet(cfg, tokenizer)
+        self.sampler = PromptSampler(len(self.prompts), cfg.train.prompts_per_step, cfg.train.seed)
+        self.kl_ctl = make_kl_controller(cfg.algo)
+        self.use_kl = roles.reference is not None and cfg.algo.kl_coef > 0
+        # One optimizer step per batch and no critic: the learner's update pass is its own "old"
+        # pass (rlhf.batch.single_update), so the score phase runs reward and reference only.
+        self.skip_forward = single_update(cfg.learner.ppo_epochs, cfg.learner.mini_batches,
+                                                cfg.algo.name == "ppo")
+        self.step = 0
+        self.progress = progress or (lambda step, metrics: None)
+        self.pad_id = tokenizer.pad_token_id
+
+    # ------------------------------------------------------------------------- the step
+
+    def rl_step(self) -> dict:
+        timer = Timer()
+        batch = self.prompts.batch(self.sampler.next_indices())
+        # Fresh samples from the current policy; n per prompt, grouped by prompt.
+        with timer("generate"):
+            rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))))
+        exp = self.pack(rollout)
+        # Reward, reference logprobs and the learner's own logprobs/values need only the
+        # samples, not each other: run the passes at once.
+        with timer("score"):
+            rewards_f = self.roles.reward.score_async(*self.reward_inputs(batch, rollout))
+            ref_f = self.roles.reference.logprobs_async(exp.sequences, exp.attention_mask, exp.prompt_len,
+                                                        exp.response_len) if self.use_kl else None
+            forward_f = None if self.skip_forward else self.roles.learner.forward_async(exp)
+            rewards, components = rewards_f.result()
+            # Skipped: the engine's logprobs of its own samples stand in for the KL estimate; the
+            # update reports entropy and the behaviour gap from its own pass.
+            forward = forward_f.result() if forward_f else {"old_logprobs": exp.rollout_logprobs, "entropy": None}
+            ref_logprobs = ref_f.result() if ref_f is not None else None
+        # Advantages are pure tensor math (rlhf.algos), done here on the driver.
+        with timer("advantages"):
+            exp, kl = self.make_experience(exp, torch.tensor(rewards), forward, ref_logprobs)
+        # One PPO/GRPO update across all ZeRO-3 ranks.
+        with timer("update"):
+            update_stats = self.roles.learner.update(exp, self.kl_ctl.value)
+        # The engines must sample from the updated policy next step.
+        with timer("sync"):
+            sync_stats = self.sync_weights()
+        # Both sides now hold the new weights: they must score the same tokens alike.
+        if self.cfg.rollout.check_logprobs:
+            with timer("probe"):
+                sync_stats["rollout/logprob_diff"] = self.probe_logprob_diff(rollout)
+        self.kl_ctl.update(kl, len(exp))
+        self.step += 1
+        return {**self.rollout_metrics(rollout, exp, rewards, components, forward, kl),
+                **update_stats, **sync_stats, **timer.metrics()}
+
+    # ------------------------------------------------------------------------- pieces
+
+    def pack(self, rollout: Rollout) -> Experience:
+        seqs, attn, mask, plen = pack_sequences(rollout.prompt_ids, rollout.response_ids, self.pad_id)
+        zeros = torch.zeros(mask.shape)
+        return Experience(sequences=seqs, attention_mask=attn, response_mask=mask, prompt_len=plen,
+                          old_logprobs=zeros, rewards=torch.zeros(len(rollout)), advantages=zeros, returns=zeros,
+                          rollout_logprobs=pad_float_lists(rollout.rollout_logprobs, mask.shape[1]))
+
+    def reward_inputs(self, batch: PromptBatch, rollout: Rollout) -> tuple:
+        idx = rollout.prompt_index
+        return ([batch.questions[i] for i in idx], rollout.response_text, [batch.references[i] for i in idx],
+                [batch.choices[i] for i in idx], [len(r) for r in rollout.response_ids])
+
+    def make_experience(self, exp: Experience, rewards: torch.Tensor, forward: dict,
+                        ref_logprobs: torch.Tensor | None) -> tuple[Experience, float]:
+        """Attach logprobs, KL and advantages; returns the batch and the mean sequence KL."""
+        a, mask = self.cfg.algo, exp.response_mask
+        old = forward["old_logprobs"]
+        kl_tokens = kl_estimate(old, ref_logprobs, a.kl_estimator) if ref_logprobs is not None else torch.zeros_like(old)
+        kl = float(masked_sum(kl_tokens, mask, dim=-1).mean())
+        kwargs: dict = {"rewards": rewards}
+        if a.kl_in_reward and ref_logprobs is not None:
+            # PPO-style: the penalty is part of the per-token reward, not of the loss.
+            kwargs = {"token_rewards": kl_penalised_token_rewards(rewards, old - ref_logprobs,
+                                                                       self.kl_ctl.value, mask)}
+        adv, returns = compute_advantages(
+            a.name, mask=mask, values=forward.get("values"), group_size=self.cfg.rollout.n_samples,
+            gamma=a.gamma, lam=a.lam, scale_rewards=a.scale_rewards, **kwargs)
+        exp = Experience(**{**exp.__dict__, "old_logprobs": old, "ref_logprobs": ref_logprobs,
+                            "values": forward.get("values"), "rewards": rewards, "advantages": adv,
+                            "returns": returns})
+        return exp, kl
+
+    def sync_weights(self) -> dict:
+        # Timed apart (inside timing/sync): the learner's gather and publish, the engine's reload.
+        parts = Timer()
+        with parts("sync_publish"):
+            packet = self.roles.learner.publish_weights()
+        with parts("sync_load"):
+            load_seconds = self.roles.rollout.load_weights(packet)
+        return {"perf/weight_load_seconds": load_seconds,
+                **{k: v for k, v in parts.metrics().items() if k != "timing/step"}}
+
+    def probe_logprob_diff(self, rollout: Rollout) -> float:
+        """Max |engine - learner| logprob on a few of this step's samples, new weights on both."""
+        n = self.roles.num_ranks
+        probe = Rollout(**{k: getattr(rollout, k)[:n] for k in Rollout._fields()})
+        exp = self.pack(probe)
+        learner = self.roles.learner.forward_async(exp).result()["old_logprobs"]
+        engine = pad_float_lists(self.roles.rollout.logprobs(probe.prompt_ids, probe.response_ids), exp.response_len)
+        mask = exp.response_mask.bool()
+        return float((learner - engine).abs()[mask].max()) if mask.any() else 0.0
+
+    def rollout_metrics(self, rollout, exp, rewards, components, forward, kl) -> dict:
+        mask = exp.response_mask
+        r = torch.tensor(rewards)
+        lengths = mask.sum(-1)
+        metrics = {
+            "reward/mean": float(r.mean()), "reward/std": float(r.std()) if len(r) > 1 else 0.0,
+            "objective/kl": kl, "objective/kl_coef": self.kl_ctl.value,
+            "rollout/response_length": float(lengths.mean()),
+            "rollout/truncated_fraction": sum(f == "length" for f in rollout.finish_reason) / len(rollout),
+            "perf/samples": float(len(rollout)), "perf/tokens": float(lengths.sum()),
+        }
+        if forward["entropy"] is not None:  # else the update reports both (skipped old pass)
+            behaviour_gap = (exp.rollout_logprobs - exp.old_logprobs).abs()[mask.bool()]
+            metrics["objective/entropy"] = float(masked_mean(forward["entropy"], mask))
+            metrics["rollout/behaviour_logprob_diff"] = float(behaviour_gap.mean()) if len(behaviour_gap) else 0.0
+        metrics.update({k: sum(v) / len(v) for k, v in components.items()})
+        return metrics
+
+    # ------------------------------------------------------------------------- run, save, resume
+
+    def run(self, log: MetricsLog) -> list[dict]:
+        # Signal handlers can only be set from the main thread; a Ray Tune trial runs this in
+        # a worker thread, where Tune itself stops the run.
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_interrupt) if on_main else None
+        try:
+            while self.step < self.cfg.train.steps:
+                metrics = self.rl_step()
+                metrics["perf/samples_per_second"] = metrics["perf/samples"] / metrics["timing/step"]
+                log.log(self.step, metrics)
+                self.progress(self.step, metrics)
+                every = self.cfg.train.save_every
+                if (every and self.step % every == 0) or self.step == self.cfg.train.steps:
+                    self.save()
+        finally:
+            if on_main:
+                signal.signal(signal.SIGINT, previous)
+        plot_metrics(log.rows(), self.run_dir / "metrics.png")
+        return log.rows()
+
+    def _on_interrupt(self, signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the save short
+        self.save()
+        raise Interrupted(f"interrupted at step {self.step}; checkpoint saved in {self.checkpoint_dir}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save(self) -> Path:
+        tag = f"step{self.step}"
+        self.roles.learner.save(str(self.checkpoint_dir), tag)
+        state = {"step": self.step, "tag": tag, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctl.value,
+                 "python_rng": repr(random.getstate())}
+        tmp = self.checkpoint_dir / "trainer_state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.checkpoint_dir / "trainer_state.json")  # the pointer moves only after the save
+        return self.checkpoint_dir
+
+    def resume(self) -> int:
+        path = self.checkpoint_dir / "trainer_state.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.checkpoint_dir}")
+        state = json.loads(path.read_text())
+        self.roles.learner.load(str(self.checkpoint_dir), state["tag"])
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.kl_ctl.value = float(state["kl_coef"])
+        # The engines still hold the initial weights: bring them to the checkpoint's.
+        self.roles.rollout.load_weights(self.roles.learner.publish_weights())
+        return self.step

@@ -1,0 +1,273 @@
+"""SFT, reward-model and DPO training: DeepSpeed ZeRO-3 workers under Ray Train.
+
+The driver tokenises everything once (`prepare_*`), a `TorchTrainer` runs `_worker` on N ranks
+(gloo on CPU), each rank trains on an equal shard, and rank 0 exports a Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhf.config.training import LoraConfig
+from rlhf.config.tree import Config
+from rlhf.config.workflow import FinetuneConfig
+from rlhf.supervised.examples import PairExample, pad_batch, pair_batch, shard
+from rlhf.supervised.objectives import bradley_terry_loss, dpo_loss, sequence_logprob, sft_loss
+
+KINDS = ("sft", "rm", "dpo")
+
+
+@dataclass
+class FinetuneJob:
+    """Everything a worker needs; pickled to each Ray Train worker."""
+
+    kind: str  # sft | rm | dpo
+    base_model: str  # folder to start from
+    out_dir: str
+    settings: FinetuneConfig  # the sft, rm or dpo section of the config
+    lora: LoraConfig
+    train: list = field(default_factory=list)  # TokenExample (sft) or PairExample (rm, dpo)
+    val: list = field(default_factory=list)
+    seed: int = 0
+    eval_every: int = 0  # optimizer steps between validations (0: only at start and end)
+
+
+def geometry(settings: FinetuneConfig) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) per worker for one optimizer step."""
+    per_worker = max(1, settings.batch_size // settings.num_workers)
+    micro = min(settings.micro_batch_size, per_worker)
+    return micro, max(1, per_worker // micro)
+
+
+def total_steps(job: FinetuneJob) -> int:
+    micro, accum = geometry(job.settings)
+    per_step = micro * accum * job.settings.num_workers
+    steps = math.ceil(job.settings.epochs * len(job.train) / per_step)
+    return min(steps, job.settings.max_steps) if job.settings.max_steps else max(1, steps)
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _model_builder(job: FinetuneJob):
+    from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+
+    if job.kind == "rm":
+        pad = load_tokenizer(job.base_model).pad_token_id
+        return lambda: load_scalar_model(job.base_model, "float32", pad_token_id=pad)
+    return lambda: load_causal_lm(job.base_model, "float32")
+
+
+def _loss(job: FinetuneJob, engine, items: list, pad_id: int, ref: torch.Tensor | None):
+    """Loss and stats of one micro-batch."""
+    if job.kind == "sft":
+        batch = pad_batch(items, pad_id)
+        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, tokens = sft_loss(logits, batch["labels"])
+        return loss, {"loss": float(loss), "tokens": tokens}
+    batch = pair_batch(items, pad_id)
+    out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    n = len(items)
+    if job.kind == "rm":
+        scores = out.logits[:, 0]
+        loss, acc = bradley_terry_loss(scores[:n], scores[n:])
+        return loss, {"loss": float(loss), "accuracy": float(acc), "margin": float((scores[:n] - scores[n:]).mean())}
+    logp = sequence_logprob(out.logits, batch["labels"])
+    loss, stats = dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], job.settings.beta)
+    return loss, {"loss": float(loss), "accuracy": stats["dpo/accuracy"], "margin": stats["dpo/margin"]}
+
+
+@torch.no_grad()
+def _reference_logprobs(engine, items: list[PairExample], micro: int, pad_id: int) -> list[torch.Tensor]:
+    """DPO's reference = the initial policy: score every pair once before any update."""
+    engine.eval()
+    out = []
+    for start in range(0, len(items), micro):
+        chunk = items[start : start + micro]
+        batch = pair_batch(chunk, pad_id)
+        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out.append(sequence_logprob(logits, batch["labels"]))
+    return out
+
+
+@torch.no_grad()
+def _validate(job, engine, items, micro, pad_id, refs) -> dict:
+    """Mean of each stat over this rank's validation shard, averaged over ranks."""
+    import torch.distributed as dist
+
+    engine.eval()
+    sums: dict[str, float] = {}
+    batches = [items[s : s + micro] for s in range(0, len(items), micro)]
+    for i, chunk in enumerate(batches):
+        _, stats = _loss(job, engine, chunk, pad_id, refs[i] if refs else None)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+    keys = sorted(k for k in sums if k != "tokens")
+    totals = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(len(batches))])
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    engine.train()
+    return {f"val/{k}": float(totals[i] / max(totals[-1], 1.0)) for i, k in enumerate(keys)}
+
+
+def _worker(config: dict) -> None:
+    job: FinetuneJob = config["job"]
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import ray.train
+
+    from rlhf.models.loading import load_tokenizer
+    from rlhf.models.zero import build_engine, engine_config, gather_full_state, save_hf
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    deepspeed.init_distributed(dist_backend="gloo")
+    torch.manual_seed(job.seed)
+    micro, accum = geometry(job.settings)
+    config = engine_config(micro, accum, world, job.settings.zero_stage)
+    lora = job.lora if job.settings.lora else None
+    engine = build_engine(_model_builder(job), config, job.settings.lr, lora)
+    tok = load_tokenizer(job.base_model)
+    train = shard(job.train, rank, world, micro * accum)
+    val = shard(job.val, rank, world, 1)  # equal shards; the last micro-batch may be short
+    refs = val_refs = None
+    if job.kind == "dpo":
+        refs = _reference_logprobs(engine, train, micro, tok.pad_token_id)
+        val_refs = _reference_logprobs(engine, val, micro, tok.pad_token_id)
+    _train_loop(job, engine, train, val, micro, accum, tok.pad_token_id, refs, val_refs, rank)
+    state = gather_full_state(engine.module, rank, lora)
+    if rank == 0:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        model_class = AutoModelForSequenceClassification if job.kind == "rm" else AutoModelForCausalLM
+        save_hf(state, _unwrap(engine.module).config, job.out_dir, tok, model_class)
+
+
+def _unwrap(module):
+    """The transformers model under a peft wrapper (exports are plain HF folders)."""
+    return module.get_base_model() if hasattr(module, "get_base_model") else module
+
+
+def _train_loop(job, engine, train, val, micro, accum, pad_id, refs, val_refs, rank) -> None:
+    import ray.train
+
+    steps = total_steps(job)
+    per_step = micro * accum
+    batches = max(1, len(train) // per_step)
+    order = list(range(batches))
+    log = Path(job.out_dir) / "metrics.jsonl"
+    every = job.eval_every or max(1, steps // 4)
+    started = time.perf_counter()
+    train_stats: dict = {}
+    for step in range(steps + 1):
+        if step % every == 0 or step == steps:
+            metrics = {"step": step, **_validate(job, engine, val, micro, pad_id, val_refs),
+                       "seconds": time.perf_counter() - started, **train_stats}
+            if rank == 0:
+                with log.open("a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            ray.train.report(metrics)
+        if step == steps:
+            break
+        if step % batches == 0:
+            random.Random(job.seed + step).shuffle(order)  # a new epoch, same order on every rank
+        b = order[step % batches]
+        train_stats = _optimizer_step(job, engine, train[b * per_step : (b + 1) * per_step], micro, pad_id,
+                                      refs[b * accum : (b + 1) * accum] if refs else None)
+        if rank == 0:
+            _write_progress(Path(job.out_dir), step + 1, steps, time.perf_counter() - started, train_stats)
+
+
+def _write_progress(out: Path, step: int, steps: int, seconds: float, stats: dict) -> None:
+    """Where training is, for the driver's progress lines (replaced atomically every step)."""
+    tmp = out / "progress.json.tmp"
+    tmp.write_text(json.dumps({"step": step, "steps": steps, "seconds": seconds, **stats}))
+    tmp.replace(out / "progress.json")
+
+
+def _optimizer_step(job, engine, items, micro, pad_id, refs) -> dict:
+    sums: dict[str, float] = {}
+    for i, start in enumerate(range(0, len(items), micro)):
+        loss, stats = _loss(job, engine, items[start : start + micro], pad_id, refs[i] if refs else None)
+        engine.backward(loss)
+        engine.step()
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v / max(1, len(items) // micro)
+    return {f"train/{k}": v for k, v in sums.items() if k != "tokens"}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_finetune(job: FinetuneJob, cfg: Config, callbacks: list | None = None,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """Run `job` on Ray Train; returns the validation rows (also in out_dir/metrics.jsonl).
+    `callbacks`: Ray Train callbacks, e.g. Tune's TuneReportCallback inside a sweep's trial.
+    `log`: gets a progress line every few seconds while the steps advance."""
+    import ray
+
+    if len(job.train) < job.settings.num_workers * geometry(job.settings)[0] * geometry(job.settings)[1]:
+        raise ValueError(f"{job.kind}: {len(job.train)} training examples are fewer than one batch "
+                         f"({job.settings.batch_size}); add data or lower {job.kind}.batch_size")
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    (out / "progress.json").unlink(missing_ok=True)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=max(os.cpu_count() or 1, job.settings.num_workers + 1), include_dashboard=False,
+                 log_to_driver=False)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_report_progress, args=(job.kind, out, log, stop), daemon=True)
+    if log is not None:
+        watcher.start()
+    try:
+        result = _fit(job, cfg, out, callbacks or [])
+    finally:
+        stop.set()
+        if started_ray:
+            ray.shutdown()  # the next stage sizes its own local Ray
+    if result.error:
+        raise RuntimeError(f"{job.kind} training failed: {result.error}")
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _report_progress(kind: str, out: Path, log: Callable[[str], None], stop: threading.Event,
+                     every: float = 10.0) -> None:
+    last = 0
+    while not stop.wait(every):
+        try:
+            p = json.loads((out / "progress.json").read_text())
+        except (OSError, ValueError):
+            continue  # not started yet
+        if p["step"] != last:
+            last = p["step"]
+            loss = f", train loss {p['train/loss']:.4f}" if "train/loss" in p else ""
+            log(f"[{kind}] step {p['step']}/{p['steps']}{loss}, {p['seconds']:.0f} s")
+
+
+def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(num_workers=job.settings.num_workers, use_gpu=cfg.resources.use_gpu,
+                                     resources_per_worker={"CPU": 1}),
+        torch_config=TorchConfig(backend="nccl" if cfg.resources.use_gpu else "gloo"),
+        # Ray Train's own records go beside the export, which stays a clean HF folder.
+        run_config=RunConfig(name=f"{job.kind}-{int(time.time())}",
+                             storage_path=str((out.parent / ".ray-train").resolve()), callbacks=callbacks),
+    )
+    return trainer.fit()

@@ -20,7 +20,7 @@ from rlhf.evaluation.heldout import eval_question, load_eval_rows
 from rlhf.evaluation.metrics import bootstrap_ci, compare, is_refusal, repetition, score_answers, wins
 from rlhf.evaluation.report import summary_rows, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 # question, reference, choices, the answer we pretend the model gave
 FIXED = [

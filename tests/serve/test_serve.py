@@ -239,7 +239,7 @@ def test_serve_command_fails_cleanly_before_starting_anything(tmp_path):
 def test_serve_config_yaml_points_at_build_app():
     import yaml
 
-    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve" / "serve_config.yaml").read_text())
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve" / "serve_config.yaml").read_text())
     (entry,) = spec["applications"]
     assert entry["import_path"] == "serve.app:build_app" and entry["args"]["model"]
 

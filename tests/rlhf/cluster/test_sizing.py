@@ -9,7 +9,7 @@ import pytest
 from rlhf.cluster import sizing
 from rlhf.cluster.sizing import GIB, ModelShape
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TOY = ModelShape("toy", params=1e9, layers=10, hidden=1000, kv_heads=2, head_dim=100, vocab=10000)
 
 

@@ -13,7 +13,7 @@ import pytest
 from rlhf.config.tree import load_config
 from rlhf.pipeline.runner import Pipeline, StageError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_a_stage_whose_input_artifact_is_missing_names_it(tmp_path, tiny_model_dir):

@@ -19,7 +19,7 @@ from rlhf.config.typed_yaml import ConfigError, to_dict
 from tune import checks, report
 from tune.space import SpaceError, load_space, parse_space, trial_config, trial_count, variants
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tiny-tune.yaml"
 
 

@@ -31,7 +31,7 @@ from rlhf.cli.main import app
 from rlhf.cluster import jobs
 from rlhf.config.tree import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = ROOT / "examples" / "tiny-grpo.yaml"
 HEAD_CPUS = 8
 

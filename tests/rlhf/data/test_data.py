@@ -454,4 +454,4 @@ def test_invalid_utf8_in_a_csv_row_costs_only_that_row(tmp_path):
 
 def test_importable_without_torch():
     code = "import sys, rlhf.data; assert 'torch' not in sys.modules and 'reasoning_gym' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[3])

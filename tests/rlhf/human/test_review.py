@@ -24,7 +24,7 @@ from rlhf.human.review_queue import Candidate, plan_batch
 from rlhf.human.review_store import NewItem, ReviewError, ReviewStore, question_key
 from serve.openai_api import ApiError, parse_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "tests" / "artifacts"
 RATE = {"accuracy": 4, "relevance": 4, "clarity": 3, "helpfulness": 5}
 

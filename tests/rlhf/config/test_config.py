@@ -66,7 +66,7 @@ def test_empty_yaml_file_is_defaults(tmp_path):
 def test_examples_load():
     from pathlib import Path
 
-    examples = sorted(p for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")
+    examples = sorted(p for p in (Path(__file__).resolve().parents[3] / "examples").glob("*.yaml")
                       if not p.name.endswith("-space.yaml"))  # search spaces are not configs
     assert examples
     for path in examples:

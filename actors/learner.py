@@ -20,10 +20,28 @@ from rlhf.models.loading import load_causal_lm, load_critic, load_tokenizer
 from rlhf.models.logprobs import response_logprobs, token_values
 from rlhf.models.runtime import attention_impl, learner_bf16
 from rlhf.models.zero import build_engine, engine_config, gather_full_state, save_hf
-from rlhf.rl.batch import Experience, single_update
+from rlhf.rl.advantages import ADVANTAGES
+from rlhf.rl.batch import Experience, Samples
 from rlhf.rl.kl import kl_loss
 from rlhf.rl.losses import POLICY_LOSSES, value_loss
 from rlhf.rl.masked import masked_mean
+
+
+def sampling_policy_stats(logp: torch.Tensor, entropy: torch.Tensor, rollout_logprobs: torch.Tensor,
+                          mask: torch.Tensor) -> dict[str, float]:
+    """Entropy of the policy that sampled and its gap to the engine's logprobs, from the first
+    learner pass over the batch (the old pass, or the update's own when it stands in).
+    logp, entropy, rollout_logprobs, mask [b, T] -> {"objective/entropy", "rollout/behaviour_logprob_diff"}."""
+    gap = (logp - rollout_logprobs).abs()[mask.bool()]
+    return {"objective/entropy": float(masked_mean(entropy, mask)),
+            "rollout/behaviour_logprob_diff": float(gap.mean()) if len(gap) else 0.0}
+
+
+def _join(parts: list):
+    """Concatenate the ranks' tensors; average their float stats (equal shards)."""
+    if parts[0] is None:
+        return None
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else sum(parts) / len(parts)
 
 
 def batch_geometry(cfg: Config) -> tuple[int, int]:
@@ -70,14 +88,12 @@ class LearnerRank:
         self.device = torch.device("cuda", 0) if self.cfg.resources.use_gpu else torch.device("cpu")
         micro, accum = batch_geometry(self.cfg)
         self.micro = micro
-        self.single_update = single_update(self.cfg.learner.ppo_epochs, self.cfg.learner.mini_batches,
-                                                 self.cfg.algo.name == "ppo")
         attention = attention_impl(self.cfg)
         # Loaded in fp32: DeepSpeed keeps fp32 master weights and casts the module to bf16 itself.
         self.policy = self._engine(lambda: load_causal_lm(self.model_path, "float32", attention),
                                    self.cfg.learner.lr, micro, accum)
         self.critic = None
-        if self.cfg.algo.name == "ppo":
+        if ADVANTAGES[self.cfg.algo.name].needs_critic:
             self.critic = self._engine(lambda: load_critic(self.model_path, "float32"), self.cfg.learner.critic_lr,
                                        micro, accum)
         return self.partition_info()
@@ -92,20 +108,24 @@ class LearnerRank:
     # ------------------------------------------------------------------------- passes
 
     @torch.no_grad()
-    def forward(self, exp: Experience) -> dict:
-        """Old logprobs [b, T], entropy [b, T] and critic values [b, T] for this rank's shard."""
-        exp = exp.to(self.device)
+    def forward(self, samples: Samples) -> dict:
+        """Old logprobs [b, T] and critic values [b, T] (or None) for this rank's shard, with
+        the entropy and behaviour-gap stats of the policy that sampled."""
+        samples = samples.to(self.device)
         self.policy.eval()
-        out: dict = {"old_logprobs": [], "entropy": [], "values": []}
-        for micro in exp.split(self.micro):
+        out: dict = {"old_logprobs": [], "values": []}
+        stats: dict[str, list[float]] = {}
+        for micro in samples.split(self.micro):
             logp, ent = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
                                           micro.response_len, with_entropy=True)
             out["old_logprobs"].append(logp.cpu())
-            out["entropy"].append(ent.cpu())
+            for name, value in sampling_policy_stats(logp, ent, micro.rollout_logprobs, micro.response_mask).items():
+                stats.setdefault(name, []).append(value)
             if self.critic is not None:
                 out["values"].append(token_values(self.critic, micro.sequences, micro.attention_mask,
                                                   micro.prompt_len, micro.response_len).cpu())
-        return {k: torch.cat(v) if v else None for k, v in out.items()}
+        tensors = {k: torch.cat(v) if v else None for k, v in out.items()}
+        return {**tensors, **{k: sum(v) / len(v) for k, v in stats.items()}}
 
     def update(self, exp: Experience, kl_coef: float) -> dict:
         """PPO epochs over this rank's shard: mini-batches, micro-batches, accumulation."""
@@ -129,15 +149,13 @@ class LearnerRank:
         started = time.perf_counter()
         logp, entropy = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
                                           micro.response_len, with_entropy=True)
-        # With one optimizer step per batch the policy has not moved since sampling: the
-        # driver skipped the old pass, and this pass stands in for it (ratio exactly 1).
-        old = logp.detach() if self.single_update else micro.old_logprobs
+        # No old logprobs: the batch gets one optimizer step, so the policy has not moved since
+        # sampling, the trainer skipped the old pass, and this pass stands in (ratio exactly 1).
+        single = micro.old_logprobs is None
+        old = logp.detach() if single else micro.old_logprobs
         loss, stats = POLICY_LOSSES[a.policy_loss](logp, old, micro.advantages, mask, a)
-        if self.single_update:
-            stats["objective/entropy"] = masked_mean(entropy.detach(), mask)
-            behaviour = micro.rollout_logprobs if micro.rollout_logprobs is not None else logp.detach()
-            gap = (logp.detach() - behaviour).abs()[mask.bool()]
-            stats["rollout/behaviour_logprob_diff"] = gap.mean() if len(gap) else 0.0
+        if single:
+            stats.update(sampling_policy_stats(logp.detach(), entropy.detach(), micro.rollout_logprobs, mask))
         if a.entropy_coef > 0:
             # Entropy bonus: keeps the policy from collapsing onto one answer too early.
             loss = loss - a.entropy_coef * masked_mean(entropy, mask)
@@ -242,14 +260,14 @@ class LearnerGroup:
     def _all(self, method: str, *args) -> list:
         return self.get([getattr(r, method).remote(*args) for r in self.ranks])
 
-    def _sharded(self, method: str, exp: Experience, *args) -> list:
-        shards = exp.chunk(len(self.ranks))
+    def _sharded(self, method: str, batch: Samples | Experience, *args) -> list:
+        shards = batch.chunk(len(self.ranks))
         return self.get([getattr(r, method).remote(s, *args) for r, s in zip(self.ranks, shards)])
 
-    def forward_async(self, exp: Experience) -> Future:
+    def forward_async(self, samples: Samples) -> Future:
         def run() -> dict:
-            parts = self._sharded("forward", exp)
-            return {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in parts[0]}
+            parts = self._sharded("forward", samples)
+            return {k: _join([p[k] for p in parts]) for k in parts[0]}
 
         return self.pool.submit(run)
 

@@ -1,7 +1,8 @@
 """Typed batches, one per hop of the RL step, with the shape of every tensor written beside it.
 
-  rollout actor --Rollout (plain lists; crosses Ray cheaply)--> driver
-  driver --Experience (tensors)--> learner group
+  rollout actor --Rollout (plain lists; crosses Ray cheaply)--> trainer
+  trainer --Samples (packed tensors)--> reference, learner's old-logprob pass, logprob probe
+  trainer --Experience (Samples + rewards, advantages, old/ref logprobs)--> learner group
 
 Layout of a packed batch: prompts are left-padded to width P and responses right-padded to
 width T, so response token t of every row sits at column P + t of `sequences`. A causal LM's
@@ -63,21 +64,11 @@ class Rollout:
         return Rollout(**{n: [getattr(self, n)[i] for i in order] for n in self._fields()})
 
 
-@dataclass
-class Experience:
-    """One step's training batch for the learner; B sequences, P prompt and T response columns."""
+class _TensorRows:
+    """Row-wise slicing and moving shared by the packed batches below (B rows along dim 0)."""
 
-    sequences: Tensor  # [B, P+T] long: left-padded prompt then right-padded response
-    attention_mask: Tensor  # [B, P+T] long: 1 on real prompt and response tokens
-    response_mask: Tensor  # [B, T] float: 1 on real response tokens
-    prompt_len: int  # P, the padded prompt width
-    old_logprobs: Tensor  # [B, T] float: logprobs under the policy before this update
-    rewards: Tensor  # [B] float: total sequence reward
-    advantages: Tensor  # [B, T] float
-    returns: Tensor  # [B, T] float: value targets (ppo) or the advantages
-    ref_logprobs: Tensor | None = None  # [B, T] float: reference logprobs (None without KL)
-    values: Tensor | None = None  # [B, T] float: critic values (ppo only)
-    rollout_logprobs: Tensor | None = None  # [B, T] float: behaviour logprobs from the engine
+    sequences: Tensor
+    response_mask: Tensor
 
     def __len__(self) -> int:
         return int(self.sequences.shape[0])
@@ -87,8 +78,8 @@ class Experience:
         """T, the padded response width."""
         return int(self.response_mask.shape[1])
 
-    def _map(self, fn) -> Experience:
-        """Apply `fn` to every tensor field; ints and Nones pass through."""
+    def _map(self, fn):
+        """Apply `fn` to every tensor field; ints, bools and Nones pass through."""
         changes = {
             f.name: fn(v)
             for f in dataclasses.fields(self)
@@ -96,11 +87,11 @@ class Experience:
         }
         return dataclasses.replace(self, **changes)
 
-    def to(self, device: torch.device | str) -> Experience:
+    def to(self, device: torch.device | str):
         """A copy with every tensor on `device`."""
         return self._map(lambda t: t.to(device))
 
-    def split(self, size: int) -> list[Experience]:
+    def split(self, size: int) -> list:
         """Contiguous micro-batches of at most `size` rows along B (like `torch.split`).
 
         Contiguous slices keep each prompt's group together when `size` is a multiple of the
@@ -110,11 +101,55 @@ class Experience:
             raise ValueError(f"split size must be >= 1, got {size}")
         return [self._map(lambda t, s=s: t[s : s + size]) for s in range(0, len(self), size)]
 
-    def chunk(self, n: int) -> list[Experience]:
+    def chunk(self, n: int) -> list:
         """Split into `n` contiguous parts of equal size (B % n == 0), e.g. one per rank."""
         if n < 1 or len(self) % n != 0:
             raise ValueError(f"a batch of {len(self)} does not split into {n} equal parts")
         return self.split(len(self) // n)
+
+
+@dataclass
+class Samples(_TensorRows):
+    """One step's samples packed into tensors, for the passes that score them (reference,
+    learner's old-logprob pass, the logprob probe); B sequences, P prompt and T response columns."""
+
+    sequences: Tensor  # [B, P+T] long: left-padded prompt then right-padded response
+    attention_mask: Tensor  # [B, P+T] long: 1 on real prompt and response tokens
+    response_mask: Tensor  # [B, T] float: 1 on real response tokens
+    prompt_len: int  # P, the padded prompt width
+    rollout_logprobs: Tensor  # [B, T] float: behaviour logprobs from the engine, 0 on padding
+
+
+@dataclass
+class Experience(_TensorRows):
+    """One step's training batch for the learner, built once the advantages are known."""
+
+    sequences: Tensor  # [B, P+T] long, as in Samples
+    attention_mask: Tensor  # [B, P+T] long
+    response_mask: Tensor  # [B, T] float
+    prompt_len: int  # P
+    rollout_logprobs: Tensor  # [B, T] float: behaviour logprobs from the engine
+    rewards: Tensor  # [B] float: total sequence reward
+    advantages: Tensor  # [B, T] float
+    returns: Tensor  # [B, T] float: value targets (ppo) or the advantages
+    old_logprobs: Tensor | None  # [B, T] float: logprobs before this update, or None when the
+    # batch gets a single optimizer step (`single_update`): the update's own pass stands in
+    ref_logprobs: Tensor | None = None  # [B, T] float: reference logprobs (None without KL)
+    values: Tensor | None = None  # [B, T] float: critic values (critic estimators only)
+
+    @classmethod
+    def of(cls, samples: Samples, **fields) -> Experience:
+        """The training batch for `samples` with the fields the step computed."""
+        packed = {f.name: getattr(samples, f.name) for f in dataclasses.fields(Samples)}
+        return cls(**packed, **fields)
+
+
+def pack(rollout: Rollout, pad_id: int) -> Samples:
+    """A Rollout's lists -> one padded Samples batch (layout in the module docstring)."""
+    seqs, attn, mask, plen = pack_sequences(rollout.prompt_ids, rollout.response_ids, pad_id)
+    behaviour = pad_float_lists(rollout.rollout_logprobs, mask.shape[1])
+    return Samples(sequences=seqs, attention_mask=attn, response_mask=mask, prompt_len=plen,
+                   rollout_logprobs=behaviour)
 
 
 def pack_sequences(
@@ -179,9 +214,12 @@ def pad_float_lists(lists: Sequence[Sequence[float]], width: int, value: float =
     return out
 
 
-def single_update(ppo_epochs: int, mini_batches: int, has_critic: bool) -> bool:
+def single_update(ppo_epochs: int, mini_batches: int, needs_critic: bool) -> bool:
     """Whether each batch gets exactly one optimizer step and no critic pass: then the policy
     that sampled is the policy being updated, the PPO ratio is exactly 1 at the update, and the
     separate pass for "old" logprobs can be skipped (old = the update's own logprobs, detached).
-    The gradient is the same; only a redundant forward over the batch goes."""
-    return ppo_epochs == 1 and mini_batches == 1 and not has_critic
+    The gradient is the same; only a redundant forward over the batch goes.
+
+    Decided once, by the trainer; the batch carries the decision (`Experience.old_logprobs` is
+    None) to the learner."""
+    return ppo_epochs == 1 and mini_batches == 1 and not needs_critic

@@ -1,12 +1,12 @@
-"""The RL driver. One step reads as the algorithm:
+"""The RL trainer. One step reads as the algorithm:
 
     generate -> (reward | reference | old logprobs & values, concurrently) -> advantages
              -> update -> weight sync (+ logprob agreement probe)
 
 With one optimizer step per batch and no critic the old-logprob pass is skipped: the update's
-own pass gives the same numbers (rlhf.batch.single_update).
+own pass gives the same numbers (rlhf/rl/batch.py single_update, decided once in the trainer).
 
-The driver talks to its roles through the small interfaces below, so tests can hand it
+The trainer talks to its roles through the small interfaces below, so tests can hand it
 in-process objects and the real run hands it Ray actors (actors/launch.py).
 """
 
@@ -26,10 +26,10 @@ import torch
 
 from rlhf.config.tree import Config
 from rlhf.data.prompts import PromptBatch, PromptSampler, PromptSet
-from rlhf.rl.advantages import compute_advantages, kl_penalised_token_rewards
-from rlhf.rl.batch import Experience, Rollout, pack_sequences, pad_float_lists, single_update
+from rlhf.rl.advantages import ADVANTAGES, compute_advantages, kl_penalised_token_rewards
+from rlhf.rl.batch import Experience, Rollout, Samples, pack, pad_float_lists, single_update
 from rlhf.rl.kl import kl_estimate, make_kl_controller
-from rlhf.rl.masked import masked_mean, masked_sum
+from rlhf.rl.masked import masked_sum
 from rlhf.tracking import MetricsLog, Timer, plot_metrics
 
 
@@ -48,7 +48,7 @@ class ReferencePolicy(Protocol):
 
 
 class Learner(Protocol):
-    def forward_async(self, exp: Experience) -> Future: ...
+    def forward_async(self, samples: Samples) -> Future: ...  # -> {"old_logprobs", "values", stats}
     def update(self, exp: Experience, kl_coef: float) -> dict: ...
     def publish_weights(self) -> Any: ...
     def save(self, folder: str, tag: str) -> None: ...
@@ -65,6 +65,17 @@ class Roles:
     num_ranks: int = 1
 
 
+def merge_metrics(*parts: dict) -> dict:
+    """One step's metrics from its parts; each name has one source, so a clash is a bug."""
+    merged: dict = {}
+    for part in parts:
+        clash = merged.keys() & part.keys()
+        if clash:
+            raise ValueError(f"metrics reported twice in one step: {sorted(clash)}")
+        merged.update(part)
+    return merged
+
+
 class Interrupted(Exception):
     """Ctrl-C during training: the trainer saved a checkpoint before raising this."""
 
@@ -78,10 +89,10 @@ class Trainer:
         self.sampler = PromptSampler(len(self.prompts), cfg.train.prompts_per_step, cfg.train.seed)
         self.kl_ctl = make_kl_controller(cfg.algo)
         self.use_kl = roles.reference is not None and cfg.algo.kl_coef > 0
-        # One optimizer step per batch and no critic: the learner's update pass is its own "old"
-        # pass (rlhf.batch.single_update), so the score phase runs reward and reference only.
-        self.skip_forward = single_update(cfg.learner.ppo_epochs, cfg.learner.mini_batches,
-                                                cfg.algo.name == "ppo")
+        # Decided here once (rlhf/rl/batch.py single_update): with one optimizer step per batch and
+        # no critic, the score phase runs reward and reference only.
+        self.single_update = single_update(cfg.learner.ppo_epochs, cfg.learner.mini_batches,
+                                           ADVANTAGES[cfg.algo.name].needs_critic)
         self.step = 0
         self.progress = progress or (lambda step, metrics: None)
         self.pad_id = tokenizer.pad_token_id
@@ -94,22 +105,22 @@ class Trainer:
         # Fresh samples from the current policy; n per prompt, grouped by prompt.
         with timer("generate"):
             rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))))
-        exp = self.pack(rollout)
+        samples = pack(rollout, self.pad_id)
         # Reward, reference logprobs and the learner's own logprobs/values need only the
         # samples, not each other: run the passes at once.
         with timer("score"):
             rewards_f = self.roles.reward.score_async(*self.reward_inputs(batch, rollout))
-            ref_f = self.roles.reference.logprobs_async(exp.sequences, exp.attention_mask, exp.prompt_len,
-                                                        exp.response_len) if self.use_kl else None
-            forward_f = None if self.skip_forward else self.roles.learner.forward_async(exp)
+            ref_f = self.roles.reference.logprobs_async(samples.sequences, samples.attention_mask, samples.prompt_len,
+                                                        samples.response_len) if self.use_kl else None
+            # With a single update the learner's update pass is its own "old" pass (the batch
+            # carries old_logprobs=None), and it reports entropy and the behaviour gap from there.
+            old_f = None if self.single_update else self.roles.learner.forward_async(samples)
             rewards, components = rewards_f.result()
-            # Skipped: the engine's logprobs of its own samples stand in for the KL estimate; the
-            # update reports entropy and the behaviour gap from its own pass.
-            forward = forward_f.result() if forward_f else {"old_logprobs": exp.rollout_logprobs, "entropy": None}
+            old = old_f.result() if old_f is not None else {"old_logprobs": None, "values": None}
             ref_logprobs = ref_f.result() if ref_f is not None else None
-        # Advantages are pure tensor math (rlhf.algos), done here on the driver.
+        # Advantages are pure tensor math (rlhf/rl/advantages.py), done here on the trainer.
         with timer("advantages"):
-            exp, kl = self.make_experience(exp, torch.tensor(rewards), forward, ref_logprobs)
+            exp, kl = self.make_experience(samples, torch.tensor(rewards), old, ref_logprobs)
         # One PPO/GRPO update across all ZeRO-3 ranks.
         with timer("update"):
             update_stats = self.roles.learner.update(exp, self.kl_ctl.value)
@@ -122,41 +133,35 @@ class Trainer:
                 sync_stats["rollout/logprob_diff"] = self.probe_logprob_diff(rollout)
         self.kl_ctl.update(kl, len(exp))
         self.step += 1
-        return {**self.rollout_metrics(rollout, exp, rewards, components, forward, kl),
-                **update_stats, **sync_stats, **timer.metrics()}
+        learner_stats = {k: v for k, v in old.items() if k not in ("old_logprobs", "values")}
+        return merge_metrics(self.rollout_metrics(rollout, exp, rewards, components, kl), learner_stats,
+                             update_stats, sync_stats, timer.metrics())
 
     # ------------------------------------------------------------------------- pieces
-
-    def pack(self, rollout: Rollout) -> Experience:
-        seqs, attn, mask, plen = pack_sequences(rollout.prompt_ids, rollout.response_ids, self.pad_id)
-        zeros = torch.zeros(mask.shape)
-        return Experience(sequences=seqs, attention_mask=attn, response_mask=mask, prompt_len=plen,
-                          old_logprobs=zeros, rewards=torch.zeros(len(rollout)), advantages=zeros, returns=zeros,
-                          rollout_logprobs=pad_float_lists(rollout.rollout_logprobs, mask.shape[1]))
 
     def reward_inputs(self, batch: PromptBatch, rollout: Rollout) -> tuple:
         idx = rollout.prompt_index
         return ([batch.questions[i] for i in idx], rollout.response_text, [batch.references[i] for i in idx],
                 [batch.choices[i] for i in idx], [len(r) for r in rollout.response_ids])
 
-    def make_experience(self, exp: Experience, rewards: torch.Tensor, forward: dict,
+    def make_experience(self, samples: Samples, rewards: torch.Tensor, old: dict,
                         ref_logprobs: torch.Tensor | None) -> tuple[Experience, float]:
-        """Attach logprobs, KL and advantages; returns the batch and the mean sequence KL."""
-        a, mask = self.cfg.algo, exp.response_mask
-        old = forward["old_logprobs"]
-        kl_tokens = kl_estimate(old, ref_logprobs, a.kl_estimator) if ref_logprobs is not None else torch.zeros_like(old)
-        kl = float(masked_sum(kl_tokens, mask, dim=-1).mean())
+        """The learner's batch: KL, advantages and returns; also the mean sequence KL."""
+        a, mask = self.cfg.algo, samples.response_mask
+        # Without an old pass the engine's logprobs of its own samples stand in for the KL estimate.
+        policy = old["old_logprobs"] if old["old_logprobs"] is not None else samples.rollout_logprobs
+        kl_tokens = kl_estimate(policy, ref_logprobs, a.kl_estimator) if ref_logprobs is not None else None
+        kl = float(masked_sum(kl_tokens, mask, dim=-1).mean()) if kl_tokens is not None else 0.0
         kwargs: dict = {"rewards": rewards}
         if a.kl_in_reward and ref_logprobs is not None:
             # PPO-style: the penalty is part of the per-token reward, not of the loss.
-            kwargs = {"token_rewards": kl_penalised_token_rewards(rewards, old - ref_logprobs,
-                                                                       self.kl_ctl.value, mask)}
+            kwargs = {"token_rewards": kl_penalised_token_rewards(rewards, policy - ref_logprobs,
+                                                                  self.kl_ctl.value, mask)}
         adv, returns = compute_advantages(
-            a.name, mask=mask, values=forward.get("values"), group_size=self.cfg.rollout.n_samples,
+            a.name, mask=mask, values=old["values"], group_size=self.cfg.rollout.n_samples,
             gamma=a.gamma, lam=a.lam, scale_rewards=a.scale_rewards, **kwargs)
-        exp = Experience(**{**exp.__dict__, "old_logprobs": old, "ref_logprobs": ref_logprobs,
-                            "values": forward.get("values"), "rewards": rewards, "advantages": adv,
-                            "returns": returns})
+        exp = Experience.of(samples, rewards=rewards, advantages=adv, returns=returns,
+                            old_logprobs=old["old_logprobs"], ref_logprobs=ref_logprobs, values=old["values"])
         return exp, kl
 
     def sync_weights(self) -> dict:
@@ -173,13 +178,17 @@ class Trainer:
         """Max |engine - learner| logprob on a few of this step's samples, new weights on both."""
         n = self.roles.num_ranks
         probe = Rollout(**{k: getattr(rollout, k)[:n] for k in Rollout._fields()})
-        exp = self.pack(probe)
-        learner = self.roles.learner.forward_async(exp).result()["old_logprobs"]
-        engine = pad_float_lists(self.roles.rollout.logprobs(probe.prompt_ids, probe.response_ids), exp.response_len)
-        mask = exp.response_mask.bool()
+        samples = pack(probe, self.pad_id)
+        learner = self.roles.learner.forward_async(samples).result()["old_logprobs"]
+        engine = pad_float_lists(self.roles.rollout.logprobs(probe.prompt_ids, probe.response_ids),
+                                 samples.response_len)
+        mask = samples.response_mask.bool()
         return float((learner - engine).abs()[mask].max()) if mask.any() else 0.0
 
-    def rollout_metrics(self, rollout, exp, rewards, components, forward, kl) -> dict:
+    def rollout_metrics(self, rollout: Rollout, exp: Experience, rewards: list[float],
+                        components: dict[str, list[float]], kl: float) -> dict:
+        """What the trainer itself sees of the step; the learner reports entropy, the behaviour
+        gap and its update statistics."""
         mask = exp.response_mask
         r = torch.tensor(rewards)
         lengths = mask.sum(-1)
@@ -190,10 +199,6 @@ class Trainer:
             "rollout/truncated_fraction": sum(f == "length" for f in rollout.finish_reason) / len(rollout),
             "perf/samples": float(len(rollout)), "perf/tokens": float(lengths.sum()),
         }
-        if forward["entropy"] is not None:  # else the update reports both (skipped old pass)
-            behaviour_gap = (exp.rollout_logprobs - exp.old_logprobs).abs()[mask.bool()]
-            metrics["objective/entropy"] = float(masked_mean(forward["entropy"], mask))
-            metrics["rollout/behaviour_logprob_diff"] = float(behaviour_gap.mean()) if len(behaviour_gap) else 0.0
         metrics.update({k: sum(v) / len(v) for k, v in components.items()})
         return metrics
 
@@ -232,7 +237,7 @@ class Trainer:
         tag = f"step{self.step}"
         self.roles.learner.save(str(self.checkpoint_dir), tag)
         state = {"step": self.step, "tag": tag, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctl.value,
-                 "python_rng": repr(random.getstate())}
+                 "python_rng": _rng_json(random.getstate())}
         tmp = self.checkpoint_dir / "trainer_state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.checkpoint_dir / "trainer_state.json")  # the pointer moves only after the save
@@ -247,6 +252,23 @@ class Trainer:
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self.kl_ctl.value = float(state["kl_coef"])
+        random.setstate(_rng_state(state["python_rng"]))
         # The engines still hold the initial weights: bring them to the checkpoint's.
         self.roles.rollout.load_weights(self.roles.learner.publish_weights())
         return self.step
+
+
+def _rng_json(state: tuple) -> list:
+    """random.getstate() as JSON: (version, 625 ints, gauss_next)."""
+    version, internal, gauss_next = state
+    return [version, list(internal), gauss_next]
+
+
+def _rng_state(saved) -> tuple:
+    """The inverse of `_rng_json`; also reads the repr() string older checkpoints stored."""
+    if isinstance(saved, str):
+        import ast
+
+        saved = ast.literal_eval(saved)
+    version, internal, gauss_next = saved
+    return version, tuple(internal), gauss_next

@@ -20,6 +20,7 @@ from rlhf.rl.advantages import (
 from rlhf.rl.batch import (
     Experience,
     Rollout,
+    pack,
     pack_sequences,
     pad_float_lists,
     position_ids_from_mask,
@@ -324,6 +325,7 @@ def _experience(B=5, P=2, T=3):
         attention_mask=torch.ones_like(seqs),
         response_mask=torch.ones(B, T),
         prompt_len=P,
+        rollout_logprobs=z - 1,
         old_logprobs=z,
         rewards=torch.arange(B, dtype=torch.float32),
         advantages=z + 1,
@@ -345,6 +347,19 @@ def test_experience_split_and_to():
         exp.chunk(2)
     moved = exp.to("cpu")
     assert moved.response_len == 3 and torch.equal(moved.values, exp.values)
+
+
+def test_pack_builds_samples_and_experience_of_adds_the_step_fields():
+    r = Rollout(prompt_ids=[[1, 2], [3]], response_ids=[[5], [6, 7]], response_text=["a", "b"],
+                rollout_logprobs=[[-0.5], [-0.1, -0.2]], prompt_index=[0, 1])
+    samples = pack(r, pad_id=0)
+    assert samples.sequences.tolist() == [[1, 2, 5, 0], [0, 3, 6, 7]] and samples.prompt_len == 2
+    assert samples.rollout_logprobs.tolist() == [[-0.5, 0.0], [pytest.approx(-0.1), pytest.approx(-0.2)]]
+    adv = torch.ones(2, 2)
+    exp = Experience.of(samples, rewards=torch.tensor([1.0, 0.0]), advantages=adv, returns=adv, old_logprobs=None)
+    assert exp.old_logprobs is None and exp.ref_logprobs is None
+    assert torch.equal(exp.sequences, samples.sequences) and exp.response_len == 2
+    assert [len(p) for p in exp.split(1)] == [1, 1] and exp.split(1)[1].old_logprobs is None
 
 
 def test_rollout_sorted_by_prompt_and_checks_lengths():

@@ -1,0 +1,160 @@
+"""The trainer built from the real role classes, in this process and without Ray: rollout on a
+vLLM engine, rule rewards, the frozen reference and a one-rank ZeRO-3 learner on gloo, each
+handed to the trainer through the Protocols of rlhf/rl/trainer.py. One step, checked by hand."""
+
+from __future__ import annotations
+
+import random
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+import torch
+
+from rlhf.config.tree import load_config
+from rlhf.models.loading import load_tokenizer
+from rlhf.rl.batch import Experience, Samples
+from rlhf.rl.trainer import Roles, Trainer, merge_metrics
+from rlhf.tracking import MetricsLog
+
+pytestmark = pytest.mark.slow
+POOL = ThreadPoolExecutor(max_workers=3)
+
+
+def _later(fn, *args) -> Future:
+    return POOL.submit(fn, *args)
+
+
+class Engines:
+    """RolloutEngines over one in-process RolloutActor."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def generate(self, prompt_ids, prompt_index):
+        return self.actor.generate(prompt_ids, prompt_index).sorted_by_prompt()
+
+    def load_weights(self, packet) -> float:
+        return self.actor.load_weights(packet)
+
+    def logprobs(self, prompt_ids, response_ids):
+        return self.actor.logprobs(prompt_ids, response_ids)
+
+
+class Scorer:
+    def __init__(self, actor):
+        self.actor = actor
+
+    def score_async(self, *args) -> Future:
+        return _later(self.actor.score, *args)
+
+
+class Reference:
+    def __init__(self, actor):
+        self.actor = actor
+
+    def logprobs_async(self, *args) -> Future:
+        return _later(self.actor.logprobs, *args)
+
+
+class OneRank:
+    """Learner over one LearnerRank; records every batch it is asked to train on."""
+
+    def __init__(self, rank):
+        self.rank, self.updates = rank, []
+
+    def forward_async(self, samples: Samples) -> Future:
+        return _later(self.rank.forward, samples)
+
+    def update(self, exp: Experience, kl_coef: float) -> dict:
+        self.updates.append(exp)
+        return self.rank.update(exp, kl_coef)
+
+    def publish_weights(self):
+        return self.rank.publish_weights("shm")
+
+    def save(self, folder, tag):
+        self.rank.save(folder, tag)
+
+    def load(self, folder, tag):
+        return self.rank.load(folder, tag)
+
+    def export(self, out_dir):
+        return self.rank.export(out_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_model_dir, tmp_path_factory):
+    from actors.learner import LearnerRank
+    from actors.reference import ReferenceActor
+    from actors.reward import RewardActor
+    from actors.rollout import RolloutActor
+    from actors.weights import cleanup
+
+    cfg = load_config(None, [
+        f"model.path={tiny_model_dir}", "model.max_prompt_tokens=64", "data.train=gym:basic_arithmetic",
+        "data.gym_size=64", "rollout.n_samples=4", "rollout.max_new_tokens=16", "reward.rules={numeric: 1.0}",
+        "algo.name=grpo", "algo.kl_coef=0.05", "learner.num_ranks=1", "learner.lr=0.003",
+        "learner.micro_batch_size=8", "train.prompts_per_step=2", "train.steps=1"])
+    run_id = "inproc"
+    rank = LearnerRank(cfg, tiny_model_dir, 0, 1, run_id)
+    rank.setup("127.0.0.1", _free_port())
+    learner = OneRank(rank)
+    roles = Roles(rollout=Engines(RolloutActor(cfg, tiny_model_dir, run_id)), reward=Scorer(RewardActor(cfg)),
+                  reference=Reference(ReferenceActor(cfg, tiny_model_dir)), learner=learner, num_ranks=1)
+    run_dir = tmp_path_factory.mktemp("inproc")
+    (run_dir / "checkpoints").mkdir()
+    yield Trainer(cfg, roles, run_dir, load_tokenizer(tiny_model_dir))
+    cleanup(run_id)
+
+
+def test_one_step_by_hand(trainer):
+    before = trainer.roles.learner.rank.version
+    metrics = trainer.rl_step()
+    exp = trainer.roles.learner.updates[-1]
+    n = trainer.cfg.rollout.n_samples
+    # One optimizer step per batch and no critic: decided once, carried by the batch.
+    assert trainer.single_update and exp.old_logprobs is None and exp.values is None
+    assert len(exp) == 2 * n and trainer.step == 1 and trainer.roles.learner.rank.version == before + 1
+    # One rule with weight 1: the total is that rule's score.
+    assert metrics["reward/mean"] == pytest.approx(float(exp.rewards.mean()), abs=1e-6)
+    assert metrics["reward/numeric"] == pytest.approx(metrics["reward/mean"], abs=1e-6)
+    # GRPO by hand: each group's rewards centred and divided by their (n-1) std + 1e-6.
+    groups = exp.rewards.view(-1, n)
+    expected = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)
+    assert torch.allclose(exp.advantages[:, 0], expected.reshape(-1), atol=1e-5)
+    # The reference is the initial policy: its logprobs equal the engine's, so KL starts at ~0.
+    mask = exp.response_mask.bool()
+    assert (exp.ref_logprobs - exp.rollout_logprobs).abs()[mask].max() < 1e-3
+    assert metrics["objective/kl"] < 1e-3
+    # The update's own pass stood in for the old pass and reported entropy and the behaviour gap.
+    assert metrics["rollout/behaviour_logprob_diff"] < 1e-3 and metrics["objective/entropy"] > 0
+    # The new weights reached the engine: both sides score the step's samples alike again.
+    assert metrics["rollout/logprob_diff"] < 1e-3 and metrics["perf/weight_load_seconds"] > 0
+    for key in ("timing/generate", "timing/score", "timing/advantages", "timing/update", "timing/sync",
+                "loss/policy", "clip_ratio/region_mean"):
+        assert key in metrics, key
+
+
+def test_checkpoint_restores_the_python_rng(trainer):
+    trainer.save()
+    expected = [random.random() for _ in range(3)]
+    random.seed(12345)  # anything else
+    trainer.resume()
+    assert [random.random() for _ in range(3)] == expected
+    # and the run goes on from the saved step, with its metrics log continuous
+    log = MetricsLog(trainer.run_dir, resume_step=trainer.step)
+    assert trainer.step == 1
+    log.close()
+
+
+def test_a_metric_reported_twice_is_an_error():
+    assert merge_metrics({"a": 1}, {"b": 2}) == {"a": 1, "b": 2}
+    with pytest.raises(ValueError, match="reported twice.*'a'"):
+        merge_metrics({"a": 1}, {"a": 2})

@@ -253,7 +253,7 @@ class LearnerGroup:
     def __init__(self, ranks: list, transport: str, get: Callable | None = None):
         import ray
 
-        self.ray, self.ranks, self.transport = ray, ranks, transport
+        self.ranks, self.transport = ranks, transport
         self.get = get or ray.get
         self.pool = ThreadPoolExecutor(max_workers=4)
 
@@ -289,3 +289,7 @@ class LearnerGroup:
 
     def partition_info(self) -> list[dict]:
         return self._all("partition_info")
+
+    def optimizer_fingerprints(self) -> list[float]:
+        """Per rank, the sum of |Adam moments| (a cheap check that a resume restored them)."""
+        return self._all("optimizer_fingerprint")

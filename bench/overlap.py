@@ -174,12 +174,14 @@ def main() -> None:
     for col in ("layout", "update s", "generate s", "step s", "vs sequential"):
         table.add_column(col, justify="left" if col == "layout" else "right")
     for name, r in rows.items():
-        table.add_row(name, f"{r['update']:.2f}", f"{r['generate']:.2f}", f"{r['step']:.2f}", f"{base / r['step']:.2f}x")
+        table.add_row(name, f"{r['update']:.2f}", f"{r['generate']:.2f}", f"{r['step']:.2f}",
+                      f"{base / r['step']:.2f}x")
     console = Console()
     console.print(table)
     info = machine()
     console.print(machine_table("Machine", {"this run": {**info, "load average": f"{load_start} / {load_average()}"}}))
-    print(f"wrote {write_result('overlap', {'settings': vars(args), 'layouts': rows, 'machine': info, 'load_average': [load_start, load_average()]})}")
+    result = {"settings": vars(args), "layouts": rows, "machine": info, "load_average": [load_start, load_average()]}
+    print(f"wrote {write_result('overlap', result)}")
 
 
 if __name__ == "__main__":

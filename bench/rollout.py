@@ -212,7 +212,8 @@ def report(args, sides: dict) -> dict:
         table.add_column(col, justify="left" if col == "side" else "right")
     for side, r in sides.items():
         table.add_row(names[side], f"{r['median_seconds']:.3f}", f"{r['mean_tokens']:.0f}",
-                      f"{r['tokens_per_second']:.0f}", f"{r['samples_per_second']:.1f}", str(r.get("engine_threads") or "-"),
+                      f"{r['tokens_per_second']:.0f}", f"{r['samples_per_second']:.1f}",
+                      str(r.get("engine_threads") or "-"),
                       f"{r['start_seconds']:.1f}")
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("side", "out")},
               "load_average_end": load_average(), "sides": sides}

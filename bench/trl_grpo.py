@@ -92,7 +92,8 @@ def main() -> None:
                       "samples": w["prompts_per_step"] * w["n_samples"],
                       "tokens": logs["completions/mean_length"] * w["prompts_per_step"] * w["n_samples"],
                       "kl": logs.get("kl"), "entropy": logs.get("entropy")})
-    result = {"train_begin": marks["train_begin"] - STARTED, "steps": steps, "load_average": [load_start, load_average()],
+    result = {"train_begin": marks["train_begin"] - STARTED, "steps": steps,
+              "load_average": [load_start, load_average()],
               "machine": machine(**versions("trl", "transformers", "accelerate")),
               "settings": {"bf16": w["trl_bf16"], "gradient_checkpointing": w["trl_gradient_checkpointing"],
                            "loss_type": trainer.args.loss_type, "generation": "transformers generate"}}

@@ -21,7 +21,8 @@ def submit(
     config: Path = CONFIG_ARG,
     overrides: list[str] | None = OVERRIDES_ARG,
     address: str | None = ADDRESS_OPT,
-    follow: bool = typer.Option(False, "--follow", help="Stream the job's log until it ends; exit 1 unless it succeeds."),
+    follow: bool = typer.Option(False, "--follow",
+                                help="Stream the job's log until it ends; exit 1 unless it succeeds."),
     run_dir: str | None = typer.Option(
         None, help="Run directory on the node that runs the job; relative paths go under its home "
         "directory (default ~/rlhf-runs/<job id>)."),

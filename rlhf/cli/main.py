@@ -208,8 +208,10 @@ app.command("round")(round_command)  # one human-in-the-loop training round
 
 @guard_app.command("train")
 def guard_train(
-    out_dir: Path | None = typer.Option(None, "--out", help="Folder for input/ and output/ (default $RLHF_CACHE/guard)."),
-    data_dir: Path | None = typer.Option(None, help="Folder with prompts.jsonl and answers.jsonl (default: the shipped set)."),
+    out_dir: Path | None = typer.Option(None, "--out",
+                                        help="Folder for input/ and output/ (default $RLHF_CACHE/guard)."),
+    data_dir: Path | None = typer.Option(
+        None, help="Folder with prompts.jsonl and answers.jsonl (default: the shipped set)."),
     epochs: int = typer.Option(6, help="Passes over the training rows."),
 ) -> None:
     """Train the input and output guard classifiers (MiniLM, safe/unsafe) on labelled examples."""
@@ -348,7 +350,8 @@ def models_prepare(force: bool = typer.Option(False, help="Convert again even if
 @models_app.command("tiny")
 def models_tiny(
     out_dir: Path = typer.Argument(..., help="Folder to write."),
-    hidden_size: int = typer.Option(128, help="Width; 2 heads, so 128 gives head_dim 64 (vLLM CPU attention supports it)."),
+    hidden_size: int = typer.Option(
+        128, help="Width; 2 heads, so 128 gives head_dim 64 (vLLM CPU attention supports it)."),
     layers: int = typer.Option(2),
     seed: int = typer.Option(0),
 ) -> None:

@@ -100,7 +100,7 @@ def role_bundles(cfg: Config) -> Layout:
         # Reward and reference are small forward-only models scored at the same time: one
         # bundle's CPU is split between them, and each brings its own GPU fraction. Rule rewards
         # are plain Python, so without a reward model the reference gets the whole bundle (its
-        # torch threads follow its CPUs: half a 2-CPU bundle ran it on one thread, 2.6x slower).
+        # torch threads follow its CPUs: on half a 2-CPU bundle it ran on one thread, far slower).
         shared_gpu = r.gpus_per_reward + r.gpus_per_reference
         reward_cpu = cpu / 2 if cfg.reward.model_path else 0.0
         learner0 = layout.slots["learner"][0]

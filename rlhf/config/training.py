@@ -29,13 +29,14 @@ class ModelConfig:
     dtype: str = "float32"
     """Weights dtype for rollout, reference and reward passes (and the learner's autocast):
     float32, bfloat16, or auto: bfloat16 on GPUs and on CPUs that multiply it natively
-    (avx512_bf16 or AMX), else float32. Without native support bf16 matmuls are emulated on
-    the CPU, >100x slower than fp32 (measured on an AVX2-only EPYC). auto is resolved when
+    (avx512_bf16 or AMX), else float32: without native support bf16 matmuls are emulated on
+    the CPU and far slower than fp32 (bench/README.md, Measurements). auto is resolved when
     the config is loaded, so saved configs name what ran."""
     attention: str = "auto"
     """Attention kernel of the learner and reference (a transformers attn_implementation): auto,
     eager, sdpa or flash_attention_2. auto is sdpa on GPUs and on CPUs for sequences over 512
-    tokens, else eager: for short QA sequences on CPU eager trained 14% faster than sdpa here."""
+    tokens, else eager, which trained faster than sdpa on short QA sequences on CPU
+    (bench/README.md, Measurements)."""
     max_prompt_tokens: int = 256
     """Prompts are truncated from the left to this many tokens."""
     chat_template: bool = True

@@ -4,8 +4,8 @@ One SQLite file in WAL mode. Feedback commits with `synchronous=FULL`: feedback 
 acknowledged is on disk and survives a restart of Serve or of the machine. Answers (recorded
 with their question, so feedback by answer id can be matched to question and answer) commit
 with `synchronous=NORMAL`: they survive a crash or restart of any process, and only a power cut
-can lose the last few; it keeps an fsync off every answer's path (measured here: FULL commits
-0.3 ms median, 28 ms p99; NORMAL 0.02 ms, 0.1 ms). Several replicas on
+can lose the last few; it keeps an fsync off every answer's path (the commit latencies of both
+are in bench/README.md, Measurements). Several replicas on
 one machine may share the file (SQLite locks it; writers wait up to `busy_timeout`). On a
 multi-node cluster, point `serve.feedback_db` at storage every node sees.
 

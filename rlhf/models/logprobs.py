@@ -27,8 +27,8 @@ def response_logprobs(model, sequences, attention_mask, prompt_len: int, respons
     # Logits only for the T columns that score the response (`logits_to_keep`): the LM head and
     # the vocabulary softmax skip the prompt positions, which score nothing. Given as indices,
     # not a count: a count slices the hidden states into a strided view, and the LM head on a
-    # strided input went through a batched matmul that copied its weight per row (0.8 s of a
-    # 2.4 s reference pass on SmolLM2); indexing gathers a contiguous copy instead.
+    # strided input went through a batched matmul that copied its weight per row (a third of a
+    # reference pass on SmolLM2, bench/README.md); indexing gathers a contiguous copy instead.
     cols = response_logits_slice(prompt_len, response_len)
     out = model(
         input_ids=sequences,

@@ -43,7 +43,7 @@ def _tiny_corpus(seed: int = 0) -> list[str]:
 
 
 def tiny_tokenizer(vocab_size: int = 384):
-    """A small byte-level BPE tokenizer with a ChatML template, trained offline in ~1 s.
+    """A small byte-level BPE tokenizer with a ChatML template, trained offline in about a second.
 
     A small vocabulary keeps tiny models tiny and makes rule rewards learnable in a few
     RL steps (a random policy still hits digits, words and EOS often)."""

@@ -137,14 +137,14 @@ def test_resume_restores_step_optimizer_moments_and_data_position(live_roles):
     for _ in range(2):
         trainer.rl_step()
     trainer.save()
-    saved_moments = [roles.learner.ray.get(r.optimizer_fingerprint.remote()) for r in roles.learner.ranks]
+    saved_moments = roles.learner.optimizer_fingerprints()
     saved_position = trainer.sampler.state_dict()
     trainer.rl_step()  # moves everything past the checkpoint
     assert trainer.sampler.state_dict() != saved_position
 
     resumed = Trainer(cfg, roles, run_dir, tokenizer)
     assert resumed.resume() == 2
-    moments = [roles.learner.ray.get(r.optimizer_fingerprint.remote()) for r in roles.learner.ranks]
+    moments = roles.learner.optimizer_fingerprints()
     assert moments == pytest.approx(saved_moments, rel=0, abs=0)
     assert resumed.sampler.state_dict() == saved_position
     assert resumed.step == 2

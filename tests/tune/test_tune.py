@@ -179,7 +179,8 @@ def test_finetune_sweeps_are_checked_for_their_stage():
     sft = load_config(SFT_EXAMPLE)
     configs = variants(load_space(ROOT / "examples" / "tiny-sft-space.yaml", sft), sft)
     checks.check_metric("val/loss", configs)
-    with pytest.raises(ConfigError, match="no trial reports 'reward/mean'.*Every trial reports: seconds, step, val/loss"):
+    with pytest.raises(ConfigError,
+                       match="no trial reports 'reward/mean'.*Every trial reports: seconds, step, val/loss"):
         checks.check_metric("reward/mean", configs)  # the RL metric means nothing to an SFT trial
     rm = trial_config(to_dict(sft), {"tune.stage": "rm", "rm.max_steps": 3, "rm.data": "pairs.jsonl"})
     checks.check_metric("val/accuracy", [rm])
@@ -326,7 +327,8 @@ def sweep(tmp_path_factory) -> dict:
     run_dir = root / "run"
     args = ["tune", str(EXAMPLE), *SWEEP_ARGS, "--space", str(root / "space.yaml"), "--run-dir", str(run_dir)]
     log = (root / "first.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli.main", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli.main", *args], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT,
                             env={**os.environ, "COLUMNS": "200"})
     try:
         # The local Ray holds one trial, so Tune starts the second trial only once the first has

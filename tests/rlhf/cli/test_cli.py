@@ -175,7 +175,8 @@ def test_config_show_bad_override_exits_2():
 @pytest.fixture
 def prompts_jsonl(tmp_path):
     path = tmp_path / "prompts.jsonl"
-    rows = [{"question": "What is 2 + 2?", "reference": "4"}, {"question": "Capital of France?"}, {"reference": "no question here"}]
+    rows = [{"question": "What is 2 + 2?", "reference": "4"}, {"question": "Capital of France?"},
+            {"reference": "no question here"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 

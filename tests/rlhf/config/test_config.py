@@ -157,7 +157,8 @@ def test_unknown_section_suggests_closest_section():
 
 def test_unknown_nested_key_in_yaml_file(tmp_path):
     path = write(tmp_path / "run.yaml", "learner:\n  deepspeed:\n    zero_stag: 2\n")
-    with pytest.raises(ConfigError, match=r"learner\.deepspeed\.zero_stag.*did you mean 'learner\.deepspeed\.zero_stage'"):
+    suggestion = r"learner\.deepspeed\.zero_stag.*did you mean 'learner\.deepspeed\.zero_stage'"
+    with pytest.raises(ConfigError, match=suggestion):
         load_config(path)
 
 

@@ -11,7 +11,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,10 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: setup
 	$(BIN)/rlhf pipeline examples/quickstart.yaml
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q --durations=25 tests
 
 clean:

@@ -1,7 +1,7 @@
 """Placement groups per role from the config's resources.
 
 The layout itself (`Layout`, `role_bundles`, `actor_resources`, `check_fits`) is pure and lives
-in `rlhf/resources.py`, so `rlhf submit` can check a run against a cluster without this package;
+in `rlhf/cluster/resources.py`, so `rlhf submit` can check a run against a cluster without this package;
 it is re-exported here. `reserve` turns a layout into one Ray placement group and `strategy`
 hands back the scheduling strategy for one bundle.
 """

@@ -6,7 +6,7 @@
 Both sides train the same model on the same chat-templated reasoning-gym prompts, in the same
 order (step i of both sees the same prompts), with the same samples per prompt, completion
 length, completions per step, steps, learning rate (constant), KL coefficient, clip range and
-reward (`rlhf.rewards.combine` with exact_match). Ours runs in this process through
+reward (`rlhf.rl.rewards.combine` with exact_match). Ours runs in this process through
 `actors.launch.run_training` (the code behind `rlhf train`, Ray actors, vLLM, ZeRO-3); TRL
 runs after it in a subprocess of its own venv (bench/setup_trl.sh) with its best CPU
 setting: no gradient checkpointing, and bf16 autocast where the CPU multiplies bf16 natively
@@ -234,7 +234,7 @@ def main() -> None:
     comparison = compare(sides, args.reward_window)
     report(args, sides, comparison)
     settings = {k: v for k, v in vars(args).items()}
-    settings.update(overrides=overrides, reward="rlhf.rewards.combine {exact_match: 1.0}", kl_coef=w["kl_coef"])
+    settings.update(overrides=overrides, reward="rlhf.rl.rewards.combine {exact_match: 1.0}", kl_coef=w["kl_coef"])
     if "ours" in sides:
         sides["ours"]["phase_means"] = phase_means(sides["ours"])
     result = {"settings": settings, **comparison, "sides": sides}

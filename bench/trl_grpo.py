@@ -4,7 +4,7 @@
 
 Runs in TRL's own venv (bench/setup_trl.sh). Prompts arrive already chat-templated, in the
 order our sampler visits them, so with `shuffle_dataset=False` step i of both sides sees the
-same prompts. The reward is the project's own `rlhf.rewards.combine` (standard library only).
+same prompts. The reward is the project's own `rlhf.rl.rewards.combine` (standard library only).
 Records wall-clock time at the end of every optimizer step and TRL's logged metrics.
 """
 

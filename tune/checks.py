@@ -13,8 +13,8 @@ from rlhf.config.tree import Config
 from rlhf.config.typed_yaml import ConfigError
 from tune import trial_plan
 
-# What every RL step reports, whatever the config: rlhf/loop.py `rl_step` (rollout metrics,
-# timers, samples/s, weight sync) and the learner's update stats (rlhf/algos.py policy_loss,
+# What every RL step reports, whatever the config: rlhf/rl/trainer.py `rl_step` (rollout metrics,
+# timers, samples/s, weight sync) and the learner's update stats (rlhf/rl/losses.py,
 # actors/learner.py update). `step` is added by the trial.
 ALWAYS_REPORTED = (
     "step", "reward/mean", "reward/std", "objective/kl", "objective/kl_coef", "objective/entropy",

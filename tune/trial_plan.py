@@ -26,7 +26,7 @@ FINETUNE = ("sft", "rm", "dpo")
 TRIAL_BUNDLE = {"CPU": 1.0}  # an RL trial's own process: it runs the driver loop, the roles do the work
 FINETUNE_TRIAL_BUNDLE = {"CPU": 0.01}  # a finetune trial's process: it waits on Ray Train
 
-# What every finetune validation reports (rlhf/finetune.py `_train_loop`); `train/*` is absent
+# What every finetune validation reports (rlhf/supervised/trainer.py `_train_loop`); `train/*` is absent
 # from the step-0 report, so it is not promised here.
 FINETUNE_METRICS = {"sft": ("step", "seconds", "val/loss"),
                     "rm": ("step", "seconds", "val/loss", "val/accuracy", "val/margin"),

@@ -1,4 +1,4 @@
-"""`rlhf submit` and `rlhf jobs status|logs|stop`: training runs as Ray jobs on a cluster (rlhf/jobs.py)."""
+"""`rlhf submit` and `rlhf jobs status|logs|stop`: training runs as Ray jobs on a cluster (rlhf/cluster/jobs.py)."""
 
 from __future__ import annotations
 

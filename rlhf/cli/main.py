@@ -30,7 +30,7 @@ config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
-app.add_typer(jobs_app, name="jobs")  # rlhf/cli_jobs.py
+app.add_typer(jobs_app, name="jobs")  # rlhf/cli/jobs.py
 app.command()(submit)
 
 def not_built(command: str) -> None:
@@ -202,7 +202,7 @@ def serve(
 
 guard_app = typer.Typer(help="Guardrail classifiers of the QA endpoint.", no_args_is_help=True)
 app.add_typer(guard_app, name="guard")
-app.add_typer(review_app, name="review")  # the review queue and agreement (rlhf/cli_review.py)
+app.add_typer(review_app, name="review")  # the review queue and agreement (rlhf/cli/review.py)
 app.command("round")(round_command)  # one human-in-the-loop training round
 
 

@@ -1,6 +1,6 @@
 """`rlhf review queue|agreement` and `rlhf round`: the human-in-the-loop commands.
 
-Wired into the main CLI (rlhf/cli.py) with one add_typer and one command line; kept apart so
+Wired into the main CLI (rlhf/cli/main.py) with one add_typer and one command line; kept apart so
 cli.py stays small. The reviewers' side is the review page of the QA endpoint (`rlhf serve`,
 then /review)."""
 

@@ -1,7 +1,7 @@
 """Typed YAML for dataclass trees: YAML 1.2 scalars, strict building with helpful errors,
 dotted overrides, and the docstring written under each field.
 
-Schema-agnostic: rlhf.config holds the one config tree and uses these to load it.
+Schema-agnostic: rlhf/config/tree.py holds the one config tree and uses these to load it.
 """
 
 from __future__ import annotations

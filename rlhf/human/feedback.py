@@ -9,14 +9,14 @@ are in bench/README.md, Measurements). Several replicas on
 one machine may share the file (SQLite locks it; writers wait up to `busy_timeout`). On a
 multi-node cluster, point `serve.feedback_db` at storage every node sees.
 
-Export (`rlhf data feedback-export DB OUT_DIR`) writes files in the schemas of rlhf/data.py:
+Export (`rlhf data feedback-export DB OUT_DIR`) writes files in the schemas of rlhf/data/kinds.py:
 - ratings.jsonl: prompt, response, rating (1-5). The latest rating of an answer wins; an answer
   with only thumbs counts thumbs up as 5 and thumbs down as 1.
 - preferences.jsonl: prompt, chosen, rejected. From "preferred of two" feedback, and from every
   correction (the corrected answer is preferred to the original).
 - corrections.jsonl: question, answer (kind qa), for supervised fine-tuning.
 Refusals written by the guard are not the model's words and are left out. Reviews from the
-review page (rlhf/review_store.py, same file) are merged in: a reviewed answer's rating
+review page (rlhf/human/review_store.py, same file) are merged in: a reviewed answer's rating
 replaces a user's, compared pairs and corrections add preference pairs and QA rows.
 
 When the output guard replaces an answer with a refusal, the model's own text is kept in

@@ -1,6 +1,6 @@
 """The review queue and the reviewers' verdicts, kept in the feedback database.
 
-Two tables beside `answers` and `feedback` (rlhf.feedback.connect creates them):
+Two tables beside `answers` and `feedback` (rlhf.human.feedback.connect creates them):
 - review_items: what reviewers are shown. kind `rate` (one answer, rated 1-5 on accuracy,
   relevance, clarity and helpfulness) or `compare` (two answers to one question: which is
   better), why it was picked (`reason`), the answer ids it shows, and how many reviews it wants
@@ -13,7 +13,7 @@ An item is in the queue (open) until it has `needed` reviews. A reviewer is show
 items they have not reviewed, oldest first; never why an item was picked, so the random
 calibration items look like the others.
 
-Export (rlhf.feedback.export_feedback merges these rows with the endpoint's feedback):
+Export (rlhf.human.feedback.export_feedback merges these rows with the endpoint's feedback):
 - ratings: an answer's rating is the mean over its reviewers of the mean of the four aspects,
   rounded half up.
 - preferences: a compared pair goes to the answer most of its reviewers picked (a tie teaches
@@ -203,7 +203,7 @@ class ReviewStore:
         return self.store.read("SELECT * FROM reviews ORDER BY id")
 
     def agreement(self) -> dict:
-        """Agreement between reviewers on items that several reviewed (see rlhf/agreement.py)."""
+        """Agreement between reviewers on items that several reviewed (see rlhf/human/agreement.py)."""
         rows = self.store.read("SELECT r.*, i.kind FROM reviews r JOIN review_items i ON i.id = r.item_id "
                                "ORDER BY r.id")
         rated: dict[str, list[dict]] = defaultdict(list)

@@ -2,7 +2,7 @@
 
 Sections: what the round trained on, the promotion decision, the comparison with the promoted
 model (and with the previous round when that one was not promoted), reviewer agreement, and
-every round so far. The numbers come from report.json (rlhf/rounds.py); nothing is computed here.
+every round so far. The numbers come from report.json (rlhf/human/rounds.py); nothing is computed here.
 """
 
 from __future__ import annotations

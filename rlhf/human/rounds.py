@@ -2,12 +2,12 @@
 
 A round
 1. exports the reviews (and, with review.production_feedback, the endpoint users' feedback) as
-   preference pairs, ratings and corrected QA pairs (rlhf/feedback.py) into round-NNN/data/;
+   preference pairs, ratings and corrected QA pairs (rlhf/human/feedback.py) into round-NNN/data/;
 2. retrains from the last promoted model: DPO on the pairs, or a reward model on them and RL
    against it (review.method); with review.sft_corrections, SFT on the corrections first;
-3. evaluates the new model on the fixed validation set (eval.data, greedy, rlhf/evaluate.py);
+3. evaluates the new model on the fixed validation set (eval.data, greedy, rlhf/evaluation/heldout.py);
 4. compares it question by question with the promoted model and with the round before (paired
-   bootstrap intervals) and writes report.md and report.json (rlhf/round_report.py).
+   bootstrap intervals) and writes report.md and report.json (rlhf/human/round_report.py).
 
 Rounds are numbered folders under review.run_dir. round-000 is the starting model (model.path)
 evaluated once: the first promoted model. A round is promoted when review.promote_metric is not

@@ -16,7 +16,7 @@ def response_logprobs(model, sequences, attention_mask, prompt_len: int, respons
     """Per-token logprobs of the response part of packed sequences under `model`.
 
     sequences, attention_mask: [B, P+T] (prompts left-padded, responses right-padded; see
-    rlhf.batch). Returns logprobs [B, T] (fp32) and, if asked, entropy [B, T]. Position ids
+    rlhf/rl/batch.py). Returns logprobs [B, T] (fp32) and, if asked, entropy [B, T]. Position ids
     start at each row's first real token so the numbers match the rollout engine's.
     """
     import torch

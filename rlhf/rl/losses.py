@@ -62,6 +62,7 @@ def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
             "clip_ratio/low_mean": float((low * rows).sum() / n),
             "clip_ratio/high_mean": float((high * rows).sum() / n),
             "clip_ratio/region_mean": float(((low + high) * rows).sum() / n),
+            "clip_ratio/dual_mean": 0.0,  # no dual clip on sequence ratios; reported like ppo_clip's
             "policy/approx_kl": float((0.5 * log_ratio**2 * rows).sum() / n),
             "policy/ratio_mean": float((ratio * rows).sum() / n),
         }

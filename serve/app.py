@@ -1,4 +1,5 @@
-"""The QA endpoint: a Ray Serve application whose replicas each hold a vLLM async engine.
+"""The QA endpoint's Serve deployment: the FastAPI ingress (routes, error bodies) and `QAServer`,
+the replica class; each replica holds a vLLM async engine.
 
 Routes (FastAPI ingress):
   POST /v1/chat/completions, POST /v1/completions   OpenAI-compatible, `stream: true` over SSE
@@ -15,20 +16,18 @@ mistakes are 4xx with OpenAI's error body; a failing engine is a 503 and the rep
 check (which asks the engine) fails, so Serve replaces it.
 
 Start it with `rlhf serve --model PATH`, or `serve run serve/serve_config.yaml` /
-`serve deploy serve/serve_config.yaml` (import path `serve.app:build_app`).
+`serve deploy serve/serve_config.yaml` (import path `serve.application:build_app`, which binds
+this deployment with its options; serve/application.py). The request and answer records and the
+SSE chunk format live in serve/answers.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,12 +35,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from rlhf.config.tree import Config, from_dict, load_config
-from rlhf.config.typed_yaml import ConfigError, to_dict
-from rlhf.human.feedback import AnswerRecord, FeedbackError, FeedbackStore
+from rlhf.config.tree import from_dict
+from rlhf.human.feedback import FeedbackError, FeedbackStore
 from rlhf.human.review_store import ReviewError, ReviewStore
 from rlhf.safety.guard_rules import Decision
 from serve import metrics, review_api
+from serve.answers import Answer, Job, StreamFormat, answer_record, new_id
 from serve.auth import KeyChecker
 from serve.engine import Completion, QAEngine
 from serve.guardrails import Guard
@@ -52,15 +51,12 @@ from serve.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
     FeedbackRequest,
-    chat_chunk,
     chat_completion,
     completion,
-    completion_chunk,
     parse_json,
     parse_model,
     sse,
     usage,
-    usage_chunk,
 )
 
 log = logging.getLogger("ray.serve")
@@ -94,69 +90,6 @@ async def _unexpected(request: Request, exc: Exception):
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse({"error": {"message": f"internal error ({type(exc).__name__})", "type": "server_error",
                                    "param": None, "code": "internal_error"}}, status_code=500)
-
-
-@dataclass
-class Job:
-    """One generation request, whichever route it came in on."""
-
-    id: str
-    route: str  # ask, chat or completions
-    prompt: str  # what gets recorded as the question
-    guard_text: str  # what the input guard reads
-    ids: list[int]
-    params: object  # vllm.SamplingParams
-    messages: list | None = None
-
-
-@dataclass
-class Answer:
-    text: str
-    finish_reason: str
-    gen: Completion | None
-    guardrail: dict | None  # set when the guard refused
-
-
-class _StreamFormat:
-    """SSE events in the chunk format of chat completions or of completions."""
-
-    def __init__(self, rid: str, model: str, kind: str):
-        self.rid, self.model, self.kind, self.created = rid, model, kind, int(time.time())
-
-    def start(self) -> str:
-        if self.kind == "chat":
-            return sse(chat_chunk(self.rid, self.model, self.created, {"role": "assistant", "content": ""}, None))
-        return sse(completion_chunk(self.rid, self.model, self.created, "", None))
-
-    def delta(self, text: str) -> str:
-        if self.kind == "chat":
-            return sse(chat_chunk(self.rid, self.model, self.created, {"content": text}, None))
-        return sse(completion_chunk(self.rid, self.model, self.created, text, None))
-
-    def end(self, finish: str, guardrail: dict | None) -> str:
-        chunk = (chat_chunk(self.rid, self.model, self.created, {}, finish) if self.kind == "chat"
-                 else completion_chunk(self.rid, self.model, self.created, "", finish))
-        if guardrail:
-            chunk["guardrail"] = guardrail
-        return sse(chunk)
-
-    def usage(self, use: dict) -> str:
-        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        return sse(usage_chunk(self.rid, self.model, self.created, obj, use))
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def answer_record(job: Job, ans: Answer, model_name: str) -> AnswerRecord:
-    """What the store keeps of an answer. A refusal after generation (the output guard) keeps
-    the model's own text as `withheld`, for reviewers; the user only ever saw the refusal."""
-    gen = ans.gen
-    return AnswerRecord(job.id, job.route, model_name, job.prompt, ans.text, ans.finish_reason,
-                        blocked=ans.guardrail["reason"] if ans.guardrail else None, messages=job.messages,
-                        prompt_tokens=len(job.ids), completion_tokens=gen.completion_tokens if gen else 0,
-                        withheld=gen.text if ans.guardrail and gen is not None else None)
 
 
 # Serve pickles the class when it is decorated: everything it uses must be defined above.
@@ -196,7 +129,7 @@ class QAServer:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         ids = self.engine.encode_chat(messages)
         users = [m["content"] for m in messages if m["role"] == "user"]
-        job = Job(_new_id("chatcmpl"), "chat", users[-1], "\n".join(users), ids,
+        job = Job(new_id("chatcmpl"), "chat", users[-1], "\n".join(users), ids,
                   self.engine.sampling(req, len(ids), "messages"), messages)
         if req.stream:
             return self._sse(self._stream(job, "chat", req.stream_options))
@@ -209,7 +142,7 @@ class QAServer:
         req = await self._parse(request, CompletionRequest)
         self._check_model(req.model)
         ids = self.engine.encode_text(req.prompt)
-        job = Job(_new_id("cmpl"), "completions", req.prompt, req.prompt, ids,
+        job = Job(new_id("cmpl"), "completions", req.prompt, req.prompt, ids,
                   self.engine.sampling(req, len(ids), "prompt"))
         if req.stream:
             return self._sse(self._stream(job, "completions", req.stream_options))
@@ -223,7 +156,7 @@ class QAServer:
         if req.stream:
             raise ApiError(400, "/ask does not stream; use /v1/chat/completions with stream: true", param="stream")
         ids = self.engine.encode_question(req.question)
-        job = Job(_new_id("ans"), "ask", req.question, req.question, ids,
+        job = Job(new_id("ans"), "ask", req.question, req.question, ids,
                   self.engine.sampling(req, len(ids), "question", temperature=self.s.ask_temperature))
         ans = await self._answer(job)
         out = {"id": job.id, "answer": ans.text, "finish_reason": ans.finish_reason}
@@ -328,7 +261,7 @@ class QAServer:
     async def _stream(self, job: Job, kind: str, options) -> AsyncIterator[str]:
         """SSE events of one streamed answer. Rules check the growing text; a hit ends the stream
         with finish_reason content_filter. The output classifier judges the finished text."""
-        fmt = _StreamFormat(job.id, self.s.model_name, kind)
+        fmt = StreamFormat(job.id, self.s.model_name, kind)
         verdict = await self._guard(self.guard.check_input, job.guard_text, self.guard.input_model)
         if not verdict.allowed:
             ans = await self._refuse(job, [verdict])
@@ -409,88 +342,3 @@ class QAServer:
     @staticmethod
     def _sse(events: AsyncIterator[str]) -> StreamingResponse:
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-# ----------------------------------------------------------------------------- building
-
-
-def check_serve_config(cfg: Config) -> None:
-    """Serve-section checks that must fail before a replica starts."""
-    s = cfg.serve
-
-    def need(ok: bool, where: str, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"serve.{where}: {message}")
-
-    need(bool(s.model_name), "model_name", "must not be empty")
-    need(s.num_replicas >= 1, "num_replicas", "must be at least 1")
-    need(s.autoscale_max == 0 or 0 <= s.autoscale_min <= s.autoscale_max, "autoscale_min",
-         f"must be between 0 and autoscale_max ({s.autoscale_max})")
-    need(1 <= s.default_max_tokens <= s.max_tokens_limit, "default_max_tokens",
-         f"must be between 1 and max_tokens_limit ({s.max_tokens_limit})")
-    need(s.max_model_len >= 2, "max_model_len", "must be at least 2")
-    need(0.0 < s.guard_threshold < 1.0, "guard_threshold", "must be between 0 and 1")
-    need(s.max_prompt_chars >= 1, "max_prompt_chars", "must be at least 1")
-    need(s.max_ongoing_requests >= 1, "max_ongoing_requests", "must be at least 1")
-    need(s.target_ongoing_requests > 0, "target_ongoing_requests", "must be positive")
-    need(bool(s.feedback_db), "feedback_db", "must name a file")
-    keys = [k for k in s.reviewer_keys.values() if k]
-    need(len(keys) == len(set(keys)), "reviewer_keys", "two reviewers share a key; the key says who reviews")
-    for name in ("input_guard", "output_guard"):
-        folder = getattr(s, name)
-        need(not folder or (Path(folder) / "config.json").is_file(), name,
-             f"{folder} is not a classifier folder (train one with `rlhf guard train`)")
-    unknown = set(s.guard_rules) - {"length", "injection", "pii"}
-    need(not unknown, "guard_rules", f"unknown rule(s) {sorted(unknown)}; valid: length, injection, pii")
-
-
-def deployment_options(cfg: Config) -> dict:
-    s = cfg.serve
-    opts = {"max_ongoing_requests": s.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": s.cpus_per_replica},
-            "health_check_period_s": s.health_check_period_s,
-            "health_check_timeout_s": s.health_check_timeout_s,
-            "graceful_shutdown_timeout_s": 10}
-    if s.autoscale_max > 0:
-        opts["autoscaling_config"] = {"min_replicas": s.autoscale_min, "max_replicas": s.autoscale_max,
-                                      "initial_replicas": max(1, s.autoscale_min),
-                                      "target_ongoing_requests": s.target_ongoing_requests}
-    else:
-        opts["num_replicas"] = s.num_replicas
-    return opts
-
-
-def app_for(model: str, cfg: Config):
-    """The bound Serve application for a model spec (folder, `tiny`, `smollm2`) and a config.
-
-    Relative paths (feedback DB, guard folders) are made absolute here, where they were meant;
-    replicas may run in another working directory."""
-    from rlhf.models.loading import resolve_model_path
-
-    s = dataclasses.replace(
-        cfg.serve,
-        feedback_db=str(Path(cfg.serve.feedback_db).expanduser().resolve()),
-        input_guard=str(Path(cfg.serve.input_guard).expanduser().resolve()) if cfg.serve.input_guard else "",
-        output_guard=str(Path(cfg.serve.output_guard).expanduser().resolve()) if cfg.serve.output_guard else "")
-    cfg = dataclasses.replace(cfg, serve=s)
-    check_serve_config(cfg)
-    model_path = resolve_model_path(model)
-    return QAServer.options(**deployment_options(cfg)).bind(model_path, to_dict(cfg))
-
-
-def build_app(args: dict):
-    """Entry point of `serve run` / `serve deploy` (import path serve.app:build_app).
-
-    args: model (folder, `tiny` or `smollm2`; required), config (YAML file, optional),
-    overrides (list of dotted overrides such as serve.num_replicas=2, optional)."""
-    args = dict(args or {})
-    unknown = set(args) - {"model", "config", "overrides"}
-    if unknown:
-        raise ConfigError(f"unknown application args {sorted(unknown)} (valid: model, config, overrides)")
-    if not isinstance(args.get("model"), str) or not args["model"]:
-        raise ConfigError("application args: 'model' (a model folder, tiny or smollm2) is required")
-    overrides = args.get("overrides") or []
-    if not isinstance(overrides, list):
-        raise ConfigError("application args: 'overrides' must be a list like ['serve.num_replicas=2']")
-    cfg = load_config(args.get("config") or None, [str(o) for o in overrides])
-    return app_for(args["model"], cfg)

@@ -41,7 +41,7 @@ def start(model: str, cfg: Config, host: str, port: int) -> tuple[str, bool]:
     """Deploy the app; returns (base URL, whether Ray was started here) once replicas are ready."""
     from ray import serve
 
-    from serve.app import app_for
+    from serve.application import app_for
 
     application = app_for(model, cfg)  # config errors surface before Ray starts
     started_ray = start_ray(cfg)

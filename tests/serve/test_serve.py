@@ -205,7 +205,7 @@ def test_keys_from_config_and_environment(monkeypatch):
 
 
 def test_serve_config_checks_and_deployment_options():
-    from serve.app import build_app, check_serve_config, deployment_options
+    from serve.application import build_app, check_serve_config, deployment_options
 
     with pytest.raises(ConfigError, match="autoscale_min"):
         check_serve_config(load_config(None, ["serve.autoscale_min=3", "serve.autoscale_max=2"]))
@@ -241,7 +241,7 @@ def test_serve_config_yaml_points_at_build_app():
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve" / "serve_config.yaml").read_text())
     (entry,) = spec["applications"]
-    assert entry["import_path"] == "serve.app:build_app" and entry["args"]["model"]
+    assert entry["import_path"] == "serve.application:build_app" and entry["args"]["model"]
 
 
 # ----------------------------------------------------------------------------- slow: guard classifier
@@ -281,7 +281,7 @@ class Server:
     def start(self) -> float:
         from ray import serve
 
-        from serve.app import app_for
+        from serve.application import app_for
 
         started = time.perf_counter()
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})

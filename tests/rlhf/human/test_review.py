@@ -215,7 +215,7 @@ def test_a_database_from_before_reviews_gains_the_new_column_and_tables(tmp_path
 
 
 def test_the_endpoint_keeps_the_words_its_output_guard_withheld():
-    from serve.app import Answer, Job, answer_record
+    from serve.answers import Answer, Job, answer_record
     from serve.engine import Completion
 
     job = Job("ans-1", "ask", "Q?", "Q?", [1, 2, 3], None)
@@ -298,7 +298,7 @@ def test_review_config_checks():
 
 
 def test_reviewer_keys_name_the_reviewer(monkeypatch):
-    from serve.app import check_serve_config
+    from serve.application import check_serve_config
     from serve.review_api import ReviewerKeys
 
     with pytest.raises(ConfigError, match="share a key"):
@@ -472,7 +472,7 @@ def review_server(tiny_model_dir, tmp_path):
     import ray
     from ray import serve
 
-    from serve.app import app_for
+    from serve.application import app_for
     from serve.run import SERVE_ENV, start_ray
 
     cfg = _browser_config(tmp_path, tiny_model_dir)

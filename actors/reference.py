@@ -7,7 +7,7 @@ import torch
 from rlhf.config.tree import Config
 from rlhf.models.loading import load_causal_lm
 from rlhf.models.logprobs import response_logprobs
-from rlhf.models.runtime import attention_impl
+from rlhf.models.runtime import attention_impl, reference_device
 
 
 class ReferenceActor:
@@ -15,7 +15,9 @@ class ReferenceActor:
 
     def __init__(self, cfg: Config, model_path: str):
         torch.manual_seed(cfg.train.seed)
-        self.model = load_causal_lm(model_path, cfg.model.dtype, attention_impl(cfg)).eval()
+        # On the GPU share of its bundle where it has one (resources.gpus_per_reference).
+        self.device = reference_device(cfg)
+        self.model = load_causal_lm(model_path, cfg.model.dtype, attention_impl(cfg)).eval().to(self.device)
         self.model.requires_grad_(False)
         self.micro_batch_size = cfg.learner.micro_batch_size
 
@@ -24,7 +26,7 @@ class ReferenceActor:
                  response_len: int) -> torch.Tensor:
         """[B, P+T] packed sequences -> [B, T] reference logprobs of the response tokens."""
         parts = [
-            response_logprobs(self.model, seq, mask, prompt_len, response_len)
+            response_logprobs(self.model, seq.to(self.device), mask.to(self.device), prompt_len, response_len).cpu()
             for seq, mask in zip(sequences.split(self.micro_batch_size), attention_mask.split(self.micro_batch_size))
         ]
-        return torch.cat(parts)
+        return torch.cat(parts)  # on the CPU: the result goes back through Ray

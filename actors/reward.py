@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.config.tree import Config
+from rlhf.models.runtime import reward_device
 from rlhf.models.scorer import RewardModelScorer
 from rlhf.rl.rewards import combine
 
@@ -14,7 +15,9 @@ class RewardActor:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg.reward
-        self.rm = RewardModelScorer(cfg.reward.model_path, cfg.model.dtype) if cfg.reward.model_path else None
+        self.rm = None
+        if cfg.reward.model_path:
+            self.rm = RewardModelScorer(cfg.reward.model_path, cfg.model.dtype, device=reward_device(cfg))
 
     def score(self, questions: list[str], responses: list[str], references: list[str | None],
               choices: list[list[str] | None], n_tokens: list[int]) -> tuple[list[float], dict[str, list[float]]]:

@@ -12,19 +12,42 @@ if TYPE_CHECKING:  # torch/transformers load lazily so `rlhf` imports fast
 
 
 
+# Heads a transformers model class adds on top of the backbone. They start at random init,
+# so with LoRA they train in full beside the adapters (peft's modules_to_save), else a reward
+# model's or critic's output stays a random projection of the adapted features.
+HEAD_NAMES = ("score", "classifier")
+
+
+def lora_task(model) -> tuple[str, list[str]]:
+    """(peft task type, names of the heads to train in full) for a transformers model:
+    ...ForSequenceClassification (reward model) -> SEQ_CLS, ...ForTokenClassification (critic)
+    -> TOKEN_CLS, anything else (a causal LM) -> CAUSAL_LM with no extra head."""
+    name = type(model).__name__
+    task = ("SEQ_CLS" if name.endswith("ForSequenceClassification")
+            else "TOKEN_CLS" if name.endswith("ForTokenClassification") else "CAUSAL_LM")
+    if task == "CAUSAL_LM":
+        return task, []
+    children = dict(model.named_children())
+    return task, [h for h in HEAD_NAMES if h in children]
+
+
 def apply_lora(model, lora: LoraConfig):
-    """Wrap `model` with peft LoRA adapters when enabled; returns the model to train."""
+    """Wrap `model` with peft LoRA adapters when enabled; returns the model to train.
+
+    Only the adapters train, plus a scalar model's head (see `lora_task`)."""
     if not lora.enabled:
         return model
     from peft import LoraConfig as PeftLora
     from peft import get_peft_model
 
+    task, heads = lora_task(model)
     peft_cfg = PeftLora(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
-        task_type="CAUSAL_LM",
+        task_type=task,
+        modules_to_save=heads or None,
     )
     return get_peft_model(model, peft_cfg)
 
@@ -38,7 +61,9 @@ def merge_lora_state(state: dict, scale: float) -> dict:
     """Fold peft LoRA tensors into plain HF names: W = W0 + scale * B @ A.
 
     Input keys look like `base_model.model.<name>.base_layer.weight` and
-    `base_model.model.<name>.lora_{A,B}.default.weight`; output keys are `<name>.weight`.
+    `base_model.model.<name>.lora_{A,B}.default.weight`; a fully trained head (modules_to_save)
+    as `<head>.modules_to_save.default.<param>` (the trained copy, kept) beside
+    `<head>.original_module.<param>` (its frozen init, dropped). Output keys are `<name>.weight`.
     """
     prefix = "base_model.model."
     merged: dict = {}
@@ -49,7 +74,9 @@ def merge_lora_state(state: dict, scale: float) -> dict:
             module, rest = name.split(".lora_", 1)
             lora.setdefault(module, {})[rest[0]] = tensor
             continue
-        merged[name.replace(".base_layer.", ".")] = tensor
+        if ".original_module." in name:
+            continue
+        merged[name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = tensor
     for module, parts in lora.items():
         weight = f"{module}.weight"
         delta = (parts["B"].float() @ parts["A"].float()) * scale

@@ -21,3 +21,27 @@ def attention_impl(cfg: Config) -> str:
         return cfg.model.attention
     short = cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens <= 512
     return "eager" if short and not cfg.resources.use_gpu else "sdpa"
+
+
+# Devices per role. Each mirrors what that role's Ray bundle reserves (rlhf/cluster/resources.py:
+# on CPUs no bundle asks for a GPU), so a model only goes to CUDA where Ray gave the actor one.
+
+
+def _device(cfg: Config, gpu_share: float) -> str:
+    return "cuda" if cfg.resources.use_gpu and gpu_share > 0 else "cpu"
+
+
+def reference_device(cfg: Config) -> str:
+    """Where the reference actor holds its model: cuda or cpu."""
+    return _device(cfg, cfg.resources.gpus_per_reference)
+
+
+def reward_device(cfg: Config) -> str:
+    """Where the reward actor holds its reward model: cuda or cpu."""
+    return _device(cfg, cfg.resources.gpus_per_reward)
+
+
+def supervised_accelerator(cfg: Config) -> tuple[str, str]:
+    """(DeepSpeed accelerator, process-group backend) of the SFT/RM/DPO workers: Ray Train
+    gives each worker one whole GPU when resources.use_gpu is set."""
+    return ("cuda", "nccl") if cfg.resources.use_gpu else ("cpu", "gloo")

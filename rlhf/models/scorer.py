@@ -18,9 +18,12 @@ def rm_text(tokenizer, question: str, response: str) -> str:
 class RewardModelScorer:
     """A sequence-classification model with one output: higher is better."""
 
-    def __init__(self, path: str, dtype: str = "float32", micro_batch_size: int = 16, max_length: int = 512):
+    def __init__(self, path: str, dtype: str = "float32", micro_batch_size: int = 16, max_length: int = 512,
+                 device: str = "cpu"):
+        """`device`: cpu, or cuda where the caller holds a GPU (see rlhf.models.runtime.reward_device)."""
         self.tokenizer = load_tokenizer(path)
-        self.model = load_scalar_model(path, dtype, pad_token_id=self.tokenizer.pad_token_id).eval()
+        self.device = device
+        self.model = load_scalar_model(path, dtype, pad_token_id=self.tokenizer.pad_token_id).eval().to(device)
         self.micro_batch_size, self.max_length = micro_batch_size, max_length
 
     def __call__(self, questions: list[str], responses: list[str]) -> list[float]:
@@ -34,6 +37,7 @@ class RewardModelScorer:
                 enc = self.tokenizer(
                     texts[start : start + self.micro_batch_size],
                     return_tensors="pt", padding=True, truncation=True, max_length=self.max_length,
-                )
+                ).to(self.device)
+                # logits [b, 1]: one score per sequence
                 scores.extend(self.model(**enc).logits[:, 0].float().tolist())
         return scores

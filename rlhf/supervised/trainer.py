@@ -1,7 +1,7 @@
 """SFT, reward-model and DPO training: DeepSpeed ZeRO-3 workers under Ray Train.
 
 The driver tokenises everything once (`prepare_*`), a `TorchTrainer` runs `_worker` on N ranks
-(gloo on CPU), each rank trains on an equal shard, and rank 0 exports a Hugging Face folder.
+(gloo on CPU, nccl on GPUs), each rank trains on an equal shard, and rank 0 exports a Hugging Face folder.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -59,6 +59,14 @@ def total_steps(job: FinetuneJob) -> int:
 # ----------------------------------------------------------------------------- worker
 
 
+def stage_lora(job: FinetuneJob) -> LoraConfig | None:
+    """The LoRA settings this stage trains with, None for a full fine-tune.
+
+    `<stage>.lora: true` is the switch; model.lora gives r, alpha, dropout and target modules
+    (its own `enabled` switches LoRA for the RL learner)."""
+    return replace(job.lora, enabled=True) if job.settings.lora else None
+
+
 def _model_builder(job: FinetuneJob):
     from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
 
@@ -68,20 +76,33 @@ def _model_builder(job: FinetuneJob):
     return lambda: load_causal_lm(job.base_model, "float32")
 
 
+def rm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Bradley-Terry loss of one pair batch (see `pair_batch`: input_ids [2B, L], chosen rows
+    first, then rejected; margin [B]) on a scalar-head model (logits [2B, 1])."""
+    scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    n = scores.shape[0] // 2
+    # The rating margin (0 for unrated pairs) asks for a wider gap where answers differ more.
+    loss, acc = bradley_terry_loss(scores[:n], scores[n:], batch["margin"])
+    return loss, {"loss": float(loss), "accuracy": float(acc), "margin": float((scores[:n] - scores[n:]).mean())}
+
+
+def _on(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """The padded batch on the engine's device (batches are built on the CPU)."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def _loss(job: FinetuneJob, engine, items: list, pad_id: int, ref: torch.Tensor | None):
-    """Loss and stats of one micro-batch."""
+    """Loss and stats of one micro-batch (`ref`: DPO reference logprobs [2B], else None)."""
     if job.kind == "sft":
-        batch = pad_batch(items, pad_id)
+        batch = _on(pad_batch(items, pad_id), engine.device)
         logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, tokens = sft_loss(logits, batch["labels"])
         return loss, {"loss": float(loss), "tokens": tokens}
-    batch = pair_batch(items, pad_id)
-    out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    n = len(items)
+    batch = _on(pair_batch(items, pad_id), engine.device)
     if job.kind == "rm":
-        scores = out.logits[:, 0]
-        loss, acc = bradley_terry_loss(scores[:n], scores[n:])
-        return loss, {"loss": float(loss), "accuracy": float(acc), "margin": float((scores[:n] - scores[n:]).mean())}
+        return rm_loss(engine, batch)
+    n = len(items)
+    out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     logp = sequence_logprob(out.logits, batch["labels"])
     loss, stats = dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], job.settings.beta)
     return loss, {"loss": float(loss), "accuracy": stats["dpo/accuracy"], "margin": stats["dpo/margin"]}
@@ -94,7 +115,7 @@ def _reference_logprobs(engine, items: list[PairExample], micro: int, pad_id: in
     out = []
     for start in range(0, len(items), micro):
         chunk = items[start : start + micro]
-        batch = pair_batch(chunk, pad_id)
+        batch = _on(pair_batch(chunk, pad_id), engine.device)
         logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         out.append(sequence_logprob(logits, batch["labels"]))
     return out
@@ -113,7 +134,8 @@ def _validate(job, engine, items, micro, pad_id, refs) -> dict:
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v
     keys = sorted(k for k in sums if k != "tokens")
-    totals = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(len(batches))])
+    # On the engine's device: nccl reduces GPU tensors only.
+    totals = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(len(batches))], device=engine.device)
     if dist.is_initialized():
         dist.all_reduce(totals)
     engine.train()
@@ -122,7 +144,9 @@ def _validate(job, engine, items, micro, pad_id, refs) -> dict:
 
 def _worker(config: dict) -> None:
     job: FinetuneJob = config["job"]
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    accelerator, backend = config["accelerator"]  # see rlhf.models.runtime.supervised_accelerator
+    # Read when deepspeed is imported; set from the job, not inherited from the driver's shell.
+    os.environ["DS_ACCELERATOR"] = accelerator
     import deepspeed
     import ray.train
 
@@ -131,11 +155,11 @@ def _worker(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed.init_distributed(dist_backend=backend)
     torch.manual_seed(job.seed)
     micro, accum = geometry(job.settings)
     config = engine_config(micro, accum, world, job.settings.zero_stage)
-    lora = job.lora if job.settings.lora else None
+    lora = stage_lora(job)
     engine = build_engine(_model_builder(job), config, job.settings.lr, lora)
     tok = load_tokenizer(job.base_model)
     train = shard(job.train, rank, world, micro * accum)
@@ -260,12 +284,16 @@ def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from rlhf.models.runtime import supervised_accelerator
+
+    accelerator, backend = supervised_accelerator(cfg)
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"job": job},
+        train_loop_config={"job": job, "accelerator": (accelerator, backend)},
+        # use_gpu gives each worker one whole GPU beside its CPU.
         scaling_config=ScalingConfig(num_workers=job.settings.num_workers, use_gpu=cfg.resources.use_gpu,
                                      resources_per_worker={"CPU": 1}),
-        torch_config=TorchConfig(backend="nccl" if cfg.resources.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=backend),
         # Ray Train's own records go beside the export, which stays a clean HF folder.
         run_config=RunConfig(name=f"{job.kind}-{int(time.time())}",
                              storage_path=str((out.parent / ".ray-train").resolve()), callbacks=callbacks),

@@ -22,8 +22,8 @@ from actors.rollout import RolloutActor
 from actors.weights import resolve_transport
 from rlhf.config.tree import Config, dump_config
 from rlhf.config.typed_yaml import ConfigError
-from rlhf.models.loading import load_tokenizer, resolve_model_path
-from rlhf.models.paths import ModelError
+from rlhf.models.loading import load_tokenizer
+from rlhf.models.runtime import preflight
 from rlhf.rl.batch import Rollout
 from rlhf.rl.trainer import Roles, Trainer
 from rlhf.tracking import MetricsLog
@@ -194,23 +194,11 @@ def prepare_run_dir(cfg: Config, run_dir: Path | None, resume: bool) -> Path:
     return path
 
 
-def check_before_start(cfg: Config) -> tuple[str, str]:
-    """Everything that can fail without actors and was not checked when the config loaded: model paths."""
-    try:
-        model = resolve_model_path(cfg.model.path)
-        ref = resolve_model_path(cfg.reference.path) if cfg.reference.path else model
-        if cfg.reward.model_path:
-            resolve_model_path(cfg.reward.model_path)
-    except ModelError as exc:
-        raise ConfigError(f"model: {exc}") from None
-    return model, ref
-
-
 def run_training(cfg: Config, run_dir: Path | None = None, resume: bool = False,
                  console: Console | None = None, on_step: Callable[[int, dict], None] | None = None) -> Path:
     """Train per `cfg` in `run_dir`; `on_step(step, metrics)` is called after every step."""
     console = console or Console(stderr=True)
-    model_path, ref_path = check_before_start(cfg)
+    model_path, ref_path = preflight(cfg)
     path = prepare_run_dir(cfg, run_dir, resume)
     tokenizer = load_tokenizer(model_path)
     run_id = uuid.uuid4().hex[:8]

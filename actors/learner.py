@@ -18,7 +18,7 @@ import torch
 from rlhf.config.tree import Config
 from rlhf.models.loading import load_causal_lm, load_critic, load_tokenizer
 from rlhf.models.logprobs import response_logprobs, token_values
-from rlhf.models.runtime import attention_impl, learner_bf16
+from rlhf.models.runtime import attention_impl, learner_accelerator, learner_bf16
 from rlhf.models.zero import build_engine, engine_config, gather_full_state, save_hf
 from rlhf.rl.advantages import ADVANTAGES
 from rlhf.rl.batch import Experience, Samples
@@ -64,8 +64,10 @@ class LearnerRank:
     def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int, run_id: str):
         self.cfg, self.model_path, self.rank, self.world_size, self.run_id = cfg, model_path, rank, world_size, run_id
         self.version = 0
-        if not cfg.resources.use_gpu:
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # Set before deepspeed is imported (it reads the accelerator once): explicitly, so a
+        # shell's DS_ACCELERATOR=cpu cannot put a GPU rank on the CPU.
+        self.accelerator, self.backend = learner_accelerator(cfg)
+        os.environ["DS_ACCELERATOR"] = self.accelerator
 
     def address(self) -> tuple[str, int]:
         """This node's address and a free port for the process group (asked of rank 0)."""
@@ -80,12 +82,9 @@ class LearnerRank:
 
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        backend = self.cfg.learner.backend
-        if backend == "auto":
-            backend = "nccl" if self.cfg.resources.use_gpu else "gloo"
-        deepspeed.init_distributed(dist_backend=backend)
+        deepspeed.init_distributed(dist_backend=self.backend)
         torch.manual_seed(self.cfg.train.seed)
-        self.device = torch.device("cuda", 0) if self.cfg.resources.use_gpu else torch.device("cpu")
+        self.device = torch.device("cuda", 0) if self.accelerator == "cuda" else torch.device("cpu")
         micro, accum = batch_geometry(self.cfg)
         self.micro = micro
         attention = attention_impl(self.cfg)

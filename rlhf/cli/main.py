@@ -48,7 +48,13 @@ def train(
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in the run directory."),
 ) -> None:
     """Run RL (PPO, GRPO, RLOO, REINFORCE++) with Ray actors: vLLM rollout, reward, reference, ZeRO-3 learner."""
+    from rlhf.models.runtime import preflight
+
     cfg = load(config, overrides)
+    try:
+        preflight(cfg)  # before Ray or any actor starts
+    except ConfigError as exc:
+        fail(str(exc))
     from actors.launch import ActorFailed, run_training
     from rlhf.rl.trainer import Interrupted
 

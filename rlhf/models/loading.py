@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlhf.config.typed_yaml import ConfigError
 from rlhf.models.packaged import prepare_smollm2
 from rlhf.models.paths import MINILM_PACKAGE, SMOLLM2_NAME, ModelError, cache_dir, is_hf_folder, package_dir
 from rlhf.models.tiny import build_tiny_model
@@ -92,3 +93,16 @@ def load_critic(path: str, dtype: str = "float32"):
         resolve_model_path(path), num_labels=1, dtype=torch_dtype(dtype)
     )
     return model
+
+
+def resolve_run_models(cfg) -> tuple[str, str]:
+    """(policy folder, reference folder) of an RL run, and a check that its reward model exists:
+    what can fail without actors and was not checked when the config loaded."""
+    try:
+        policy = resolve_model_path(cfg.model.path)
+        reference = resolve_model_path(cfg.reference.path) if cfg.reference.path else policy
+        if cfg.reward.model_path:
+            resolve_model_path(cfg.reward.model_path)
+    except ModelError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    return policy, reference

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -113,6 +114,22 @@ def test_train_config_error_exits_2_before_ray(config_file):
     assert "algo.kl_coeff" in flat(result.output)
     assert "algo.kl_coef'" in flat(result.output)  # the suggestion
     assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not _ray_running()
+
+
+@pytest.mark.usefixtures("no_ray_start")
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["rollout.n_samples=1"], "rollout.n_samples"),
+    (["train.prompts_per_step=3", "learner.num_ranks=2", "rollout.n_samples=3"], "train.prompts_per_step"),
+    (["model.path=/nonexistent/model"], "/nonexistent/model"),
+    (["reward.rules={exact_matc: 1.0}"], "exact_matc"),
+    (["resources.use_gpu=true"], "resources.use_gpu: true, but this machine has no CUDA GPU"),
+])
+def test_bad_runs_fail_before_any_actor_starts(overrides, needle, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result = run("train", Path(__file__).resolve().parents[3] / "examples" / "tiny-grpo.yaml", *overrides)
+    assert result.exit_code == 2, result.output
+    assert needle in flat(result.output)
     assert not _ray_running()
 
 

@@ -7,6 +7,7 @@ run sees exactly the prompts it would have seen.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlhf.config.tree import Config
@@ -37,6 +38,14 @@ def encode_prompt(tokenizer, text: str, max_tokens: int) -> list[int]:
     return ids[-max_tokens:]  # keep the end: the question and the assistant header
 
 
+def encode_questions(tokenizer, questions: Sequence[str], cfg: Config) -> list[list[int]]:
+    """[N] questions -> [N][P_i] prompt ids: chat-templated (cfg.model) and cut to the last
+    model.max_prompt_tokens tokens, as the policy sees them in training."""
+    m = cfg.model
+    return [encode_prompt(tokenizer, render_prompt(tokenizer, q, m.system_prompt, m.chat_template),
+                          m.max_prompt_tokens) for q in questions]
+
+
 class PromptSet:
     """Training prompts from `cfg.data` (the validation share is held out by hash)."""
 
@@ -50,14 +59,7 @@ class PromptSet:
         self.questions = [r["question"] for r in rows]
         self.references = [r.get("reference", r.get("answer")) for r in rows]
         self.choices = [r.get("choices") for r in rows]
-        self.prompt_ids = [
-            encode_prompt(
-                tokenizer,
-                render_prompt(tokenizer, q, cfg.model.system_prompt, cfg.model.chat_template),
-                cfg.model.max_prompt_tokens,
-            )
-            for q in self.questions
-        ]
+        self.prompt_ids = encode_questions(tokenizer, self.questions, cfg)
 
     def __len__(self) -> int:
         return len(self.questions)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -38,12 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.config.tree import Config
-from rlhf.data.prompts import encode_prompt, render_prompt
+from rlhf.data.prompts import encode_questions
 from rlhf.data.readers import DataError
 from rlhf.data.tables import load_source
 from rlhf.evaluation.metrics import compare, score_answers
 from rlhf.models.loading import load_tokenizer, resolve_model_path
-from rlhf.models.offline import vllm_engine_kwargs
+from rlhf.models.offline import OfflineEngine
 
 """Per-question metrics; each aggregate is the mean over the questions where it is defined."""
 """Sequences per HF forward pass when scoring answers on CPU."""
@@ -112,12 +111,6 @@ class EvalAnswers:
     scored: list[list[float]] | None = None  # [M][T_j] logprobs of another model's answers (teacher-forced)
 
 
-def encode_questions(tokenizer, questions: Sequence[str], cfg: Config) -> list[list[int]]:
-    m = cfg.model
-    return [encode_prompt(tokenizer, render_prompt(tokenizer, q, m.system_prompt, m.chat_template),
-                          m.max_prompt_tokens) for q in questions]
-
-
 def generate_answers(model_path: str, questions: Sequence[str], cfg: Config,
                      also_score: EvalAnswers | None = None) -> EvalAnswers:
     """Greedy answers from an in-process vLLM engine, freed before returning (a second engine,
@@ -126,39 +119,17 @@ def generate_answers(model_path: str, questions: Sequence[str], cfg: Config,
     (teacher-forced prompt logprobs), for the KL between the two models."""
     tok = load_tokenizer(model_path)
     prompt_ids = encode_questions(tok, questions, cfg)
-    # One process: the engine core runs here instead of in spawned workers.
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    llm = LLM(model=model_path, **vllm_engine_kwargs(cfg, cfg.eval.max_new_tokens))
-    try:
-        params = SamplingParams(temperature=0.0, max_tokens=cfg.eval.max_new_tokens, logprobs=0)
-        outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
-        scored = _teacher_forced(llm, also_score.prompt_ids, also_score.answer_ids) if also_score else None
-    finally:
-        del llm
-        gc.collect()
+    params = {"temperature": 0.0, "max_tokens": cfg.eval.max_new_tokens, "logprobs": 0}
+    with OfflineEngine(model_path, cfg, cfg.eval.max_new_tokens) as engine:
+        samples = [s[0] for s in engine.sample(prompt_ids, params)]
+        scored = (engine.teacher_forced_logprobs(also_score.prompt_ids, also_score.answer_ids)
+                  if also_score else None)
     special = set(tok.all_special_ids)
-    answer_ids = [list(o.outputs[0].token_ids) for o in outputs]
-    n_tokens = [len(ids) - int(bool(ids) and o.outputs[0].finish_reason == "stop" and ids[-1] in special)
-                for ids, o in zip(answer_ids, outputs)]
-    logprobs = [[step[t].logprob for t, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [])]
-                for o in outputs]
-    return EvalAnswers(prompt_ids, answer_ids, [o.outputs[0].text for o in outputs], n_tokens, logprobs, scored)
-
-
-def _teacher_forced(llm, prompt_ids, answer_ids) -> list[list[float]]:
-    """Logprob of each given answer token under the engine's model (vLLM prompt logprobs)."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p) + list(a)) for p, a in zip(prompt_ids, answer_ids)],
-                           params, use_tqdm=False)
-    # Entry i of prompt_logprobs scores token i of the sequence (entry 0 is None).
-    return [[out.prompt_logprobs[len(p) + j][t].logprob for j, t in enumerate(a)]
-            for p, a, out in zip(prompt_ids, answer_ids, outputs)]
+    answer_ids = [s.token_ids for s in samples]
+    n_tokens = [len(ids) - int(bool(ids) and s.finish_reason == "stop" and ids[-1] in special)
+                for ids, s in zip(answer_ids, samples)]
+    logprobs = [s.logprobs or [] for s in samples]
+    return EvalAnswers(prompt_ids, answer_ids, [s.text for s in samples], n_tokens, logprobs, scored)
 
 
 def same_vocabulary(path_a: str, path_b: str) -> bool:

@@ -22,7 +22,6 @@ shuffled, so the order does not tell a reviewer why an item was picked.
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 from collections import Counter
@@ -31,13 +30,13 @@ from pathlib import Path
 
 from rlhf.config.tree import Config
 from rlhf.config.workflow import ReviewConfig
-from rlhf.data.prompts import encode_prompt, render_prompt
+from rlhf.data.prompts import encode_questions
 from rlhf.data.readers import DataError
 from rlhf.data.tables import load_source
 from rlhf.human.feedback import AnswerRecord, FeedbackStore
 from rlhf.human.review_store import NewItem, ReviewStore, question_key
 from rlhf.models.loading import load_tokenizer, resolve_model_path
-from rlhf.models.offline import vllm_engine_kwargs
+from rlhf.models.offline import OfflineEngine
 from rlhf.rl.rewards import combine, token_f1_score
 
 
@@ -163,29 +162,19 @@ def candidate_questions(cfg: Config, rng: random.Random) -> list[dict]:
 def sample_candidates(model_path: str, rows: list[dict], cfg: Config) -> list[Candidate]:
     """Two sampled answers per question from an in-process vLLM engine, scored by the rules
     and, when configured, by the reward model."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
     if not rows:
         return []
-    tok = load_tokenizer(model_path)
-    m = cfg.model
-    prompts = [encode_prompt(tok, render_prompt(tok, r["question"], m.system_prompt, m.chat_template),
-                             m.max_prompt_tokens) for r in rows]
-    llm = LLM(model=model_path, **vllm_engine_kwargs(cfg))
-    try:
-        params = SamplingParams(n=2, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                max_tokens=cfg.rollout.max_new_tokens)
-        outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-    finally:
-        del llm
+    prompts = encode_questions(load_tokenizer(model_path), [r["question"] for r in rows], cfg)
+    params = {"n": 2, "temperature": cfg.rollout.temperature, "top_p": cfg.rollout.top_p,
+              "max_tokens": cfg.rollout.max_new_tokens}
+    with OfflineEngine(model_path, cfg) as engine:
+        samples = engine.sample(prompts, params)
     candidates = []
-    for row, out in zip(rows, outputs):
-        answers = [o.text.strip() for o in out.outputs]
+    for row, out in zip(rows, samples):
+        answers = [s.text.strip() for s in out]
         scores = [combine(a, row.get("reference"), cfg.reward.rules, prompt=row["question"])[0] for a in answers]
         candidates.append(Candidate(row["question"], answers, scores,
-                                    finish=[o.finish_reason or "stop" for o in out.outputs]))
+                                    finish=[s.finish_reason or "stop" for s in out]))
     _score_with_reward_model(candidates, cfg)
     return candidates
 

@@ -1,14 +1,26 @@
-"""Offline vLLM engines: the engine settings every engine we start shares.
+"""Offline vLLM engines: the settings every engine we start shares, and one wrapper that starts
+an engine, samples from it, scores given answers with it and frees it.
+
+    with OfflineEngine(model_path, cfg, max_new_tokens=...) as engine:
+        samples = engine.sample(prompt_ids, {"temperature": 0.0, "max_tokens": 32, "logprobs": 0})
+        scored = engine.teacher_forced_logprobs(prompt_ids, [s[0].token_ids for s in samples])
+
+A long-lived holder (the rollout actor) calls `start()` itself and keeps the engine; `close()`
+is the same teardown `with` does on exit. vLLM is imported inside the methods, so importing this
+module stays cheap (no vllm, ray or deepspeed).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import gc
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # torch/transformers load lazily so `rlhf` imports fast
-
-    pass
-
+if TYPE_CHECKING:  # vllm loads lazily so `rlhf` imports fast
+    from vllm import LLM, SamplingParams
 
 
 def vllm_engine_kwargs(cfg, max_new_tokens: int | None = None) -> dict:
@@ -29,3 +41,107 @@ def vllm_engine_kwargs(cfg, max_new_tokens: int | None = None) -> dict:
     else:
         kwargs["kv_cache_memory_bytes"] = int(cfg.rollout.kv_cache_gib * (1 << 30))
     return kwargs
+
+
+@dataclass
+class Sample:
+    """One generated answer to one prompt."""
+
+    token_ids: list[int]  # [T] generated tokens (with the final EOS when it stopped on one)
+    text: str  # decoded answer, special tokens removed
+    logprobs: list[float] | None  # [T] raw logprob of each token; None unless params ask for logprobs
+    finish_reason: str | None  # "stop", "length" (None when vLLM gave none)
+
+
+class OfflineEngine:
+    """One in-process `vllm.LLM` built with `vllm_engine_kwargs` (plus `overrides`, e.g. `seed`
+    or `worker_extension_cls`). Use it as a context manager, or call `start()`/`close()`."""
+
+    def __init__(self, model_path: str, cfg, max_new_tokens: int | None = None, *, in_process: bool = True,
+                 **overrides: Any):
+        self.model_path = model_path
+        self.engine_kwargs = {**vllm_engine_kwargs(cfg, max_new_tokens), **overrides}
+        self.in_process = in_process
+        self.llm: LLM | None = None
+        self.start_seconds = 0.0  # time spent building the LLM (not importing vllm)
+
+    def start(self) -> OfflineEngine:
+        """Build the engine (~20 s for a tiny model on CPU); returns self."""
+        if self.in_process:
+            # One process instead of three: the engine core runs here, which starts in seconds
+            # on CPU and keeps collective_rpc a plain call. Set before vllm reads it.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        started = time.perf_counter()
+        self.llm = LLM(model=self.model_path, **self.engine_kwargs)
+        self.start_seconds = time.perf_counter() - started
+        return self
+
+    def close(self) -> None:
+        """Shut the engine down and free it; a second engine often follows in this process."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        # Shut the engine core down now rather than whenever the collector finds it: its shutdown
+        # also tears down vLLM's distributed state (cleanup_dist_env_and_memory), which the next
+        # engine in this process sets up again. Idempotent: the client's finalizer is detached.
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        del llm
+        gc.collect()
+
+    def __enter__(self) -> OfflineEngine:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _engine(self) -> LLM:
+        if self.llm is None:
+            raise RuntimeError("the engine is not started: use `with OfflineEngine(...)` or call start()")
+        return self.llm
+
+    def sample(self, prompt_ids: Sequence[Sequence[int]], params: Mapping[str, Any] | SamplingParams,
+               use_tqdm: bool = False) -> list[list[Sample]]:
+        """[N][P_i] prompt ids -> [N][n] samples; `params` is a SamplingParams or its keyword
+        arguments (n, temperature, top_p, max_tokens, logprobs, ...)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompt_ids:
+            return []
+        if isinstance(params, Mapping):
+            params = SamplingParams(**params)
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
+        outputs = self._engine().generate(prompts, params, use_tqdm=use_tqdm)
+        return [[_sample(s) for s in out.outputs] for out in outputs]
+
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[Sequence[int]],
+                                response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """[N][P_i] prompts and [N][T_i] given responses -> [N][T_i] the engine's raw logprob of
+        each response token after its prompt and the response tokens before it."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompt_ids:
+            return []
+        # The one generated token is thrown away; prompt logprobs are raw (pre-temperature), so
+        # the temperature does not change them. 1.0 is what the rollout actor has always used:
+        # its draw advances the engine's random stream, and later rollouts depend on that.
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        seqs = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in zip(prompt_ids, response_ids)]
+        outputs = self._engine().generate(seqs, params, use_tqdm=False)
+        # Entry i of prompt_logprobs scores token i of the sequence (entry 0, with no context, is None).
+        return [[out.prompt_logprobs[len(p) + j][t].logprob for j, t in enumerate(r)]
+                for p, r, out in zip(prompt_ids, response_ids, outputs)]
+
+
+def _sample(completion) -> Sample:
+    """A vLLM CompletionOutput -> Sample."""
+    tokens = list(completion.token_ids)
+    logprobs = None
+    if completion.logprobs is not None:  # one {token id: Logprob} per generated token
+        logprobs = [step[t].logprob for t, step in zip(tokens, completion.logprobs)]
+    return Sample(tokens, completion.text, logprobs, completion.finish_reason)

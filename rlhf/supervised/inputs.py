@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,11 +11,11 @@ import pyarrow as pa
 from rlhf.config.tree import Config
 from rlhf.config.workflow import FinetuneConfig
 from rlhf.data.kinds import PAIRS_SCHEMA, load
-from rlhf.data.prompts import encode_prompt, render_prompt
+from rlhf.data.prompts import encode_questions
 from rlhf.data.readers import DataError
 from rlhf.data.tables import load_source, save, split, to_pairs
 from rlhf.models.loading import load_tokenizer, resolve_model_path
-from rlhf.models.offline import vllm_engine_kwargs
+from rlhf.models.offline import OfflineEngine
 from rlhf.rl.rewards import combine
 from rlhf.supervised.examples import answer_example, pair_example, rm_pair_example
 from rlhf.supervised.trainer import FinetuneJob
@@ -120,8 +119,8 @@ def _job(kind, cfg, settings, base, out_dir, train, val) -> FinetuneJob:
         raise DataError(f"{kind}: {len(val)} validation rows for {settings.num_workers} workers; raise "
                              f"{kind}.val_fraction or add data")
     # Absolute: Ray Train's workers do not run in the driver's working directory.
-    return FinetuneJob(kind=kind, base_model=resolve_model_path(base), out_dir=str(Path(out_dir).resolve()), settings=settings,
-                       lora=cfg.model.lora, train=train, val=val, seed=cfg.train.seed)
+    return FinetuneJob(kind=kind, base_model=resolve_model_path(base), out_dir=str(Path(out_dir).resolve()),
+                       settings=settings, lora=cfg.model.lora, train=train, val=val, seed=cfg.train.seed)
 
 
 # ----------------------------------------------------------------------------- data pairs
@@ -130,25 +129,18 @@ def _job(kind, cfg, settings, base, out_dir, train, val) -> FinetuneJob:
 def generate_pairs(cfg: Config, model: str, out_path: str | Path, questions: int | None = None) -> dict:
     """k sampled answers per question, judged with the rule rewards against the reference;
     best-vs-worst becomes a preference pair when their scores differ."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
     path = resolve_model_path(model)
     result = load_source(cfg.data.train, "prompts", cfg.data.fields, cfg.data.gym_size, cfg.data.seed)
     table = _without(result.table, "question", heldout_questions(cfg))
     rows = table.to_pylist()[: questions or cfg.pipeline.pairs_questions]
-    tok = load_tokenizer(path)
-    prompts = [encode_prompt(tok, render_prompt(tok, r["question"], cfg.model.system_prompt, cfg.model.chat_template),
-                             cfg.model.max_prompt_tokens) for r in rows]
-    llm = LLM(model=path, **vllm_engine_kwargs(cfg))
-    params = SamplingParams(n=cfg.pipeline.pairs_k, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                            max_tokens=cfg.rollout.max_new_tokens)  # engine seed; see actors/rollout.py
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=True)
-    del llm
+    prompts = encode_questions(load_tokenizer(path), [r["question"] for r in rows], cfg)
+    params = {"n": cfg.pipeline.pairs_k, "temperature": cfg.rollout.temperature, "top_p": cfg.rollout.top_p,
+              "max_tokens": cfg.rollout.max_new_tokens}  # engine seed; see actors/rollout.py
+    with OfflineEngine(path, cfg) as engine:
+        samples = engine.sample(prompts, params, use_tqdm=True)
     pairs = []
-    for row, out in zip(rows, outputs):
-        answers = [o.text.strip() for o in out.outputs]
+    for row, out in zip(rows, samples):
+        answers = [s.text.strip() for s in out]
         scores = [combine(a, row.get("reference"), cfg.reward.rules, prompt=row["question"])[0] for a in answers]
         best, worst = max(range(len(answers)), key=scores.__getitem__), min(range(len(answers)), key=scores.__getitem__)
         if scores[best] > scores[worst] and answers[best] != answers[worst]:

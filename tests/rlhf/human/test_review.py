@@ -456,7 +456,7 @@ def _free_port() -> int:
 
 def _browser_config(tmp_path: Path, tiny_model_dir: str):
     return load_config(None, [
-        f"model.path={tiny_model_dir}", "model.max_prompt_tokens=64", f"train={QUESTIONS}", "gym_size=64",
+        f"model.path={tiny_model_dir}", "model.max_prompt_tokens=64", f"data.train={QUESTIONS}", "data.gym_size=64",
         f"eval.data={QUESTIONS}", "eval.size=16", "rollout.max_new_tokens=12",
         f"serve.feedback_db={tmp_path / 'fb.sqlite'}", f"serve.api_keys=[{USER_KEY}]",
         f"serve.admin_keys=[{ADMIN_KEY}]",

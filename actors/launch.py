@@ -20,6 +20,7 @@ from actors.reference import ReferenceActor
 from actors.reward import RewardActor
 from actors.rollout import RolloutActor
 from actors.weights import resolve_transport
+from rlhf.cluster.resources import Layout, actor_resources, check_fits, role_bundles
 from rlhf.config.tree import Config, dump_config
 from rlhf.config.typed_yaml import ConfigError
 from rlhf.models.loading import load_tokenizer
@@ -63,7 +64,7 @@ class RolloutGroup:
 
 
 class AsyncHandle:
-    """Turns `actor.method.remote(...)` into a concurrent.futures.Future for the driver."""
+    """Turns `actor.method.remote(...)` into a concurrent.futures.Future for the trainer."""
 
     def __init__(self, role: str, actor, pool: ThreadPoolExecutor):
         self.role, self.actor, self.pool = role, actor, pool
@@ -103,7 +104,7 @@ def init_ray(cfg: Config) -> None:
         return
     # On one CPU box the roles take turns (generate, then score, then update), so logical CPUs
     # may exceed physical cores; each actor still gets torch threads = its bundle's CPUs.
-    needed = placement.role_bundles(cfg).total("CPU")
+    needed = role_bundles(cfg).total("CPU")
     num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
     ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=False)
 
@@ -113,15 +114,15 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
     import ray
 
     init_ray(cfg)
-    layout = placement.role_bundles(cfg)
-    placement.check_fits(layout, ray.cluster_resources())
+    layout = role_bundles(cfg)
+    check_fits(layout, ray.cluster_resources())
     pg, offset = _enclosing_group(layout)
     if pg is None:
         pg, offset = placement.reserve(layout), 0
         _GROUPS[run_id] = pg  # ours to remove; an enclosing group belongs to its creator
 
     def spawn(cls, role: str, index: int, *args):
-        res = placement.actor_resources(cfg, role, layout)
+        res = actor_resources(cfg, role, layout)
         opts = {"num_cpus": res.get("CPU", 0), "num_gpus": res.get("GPU", 0),
                 "scheduling_strategy": placement.strategy(pg, offset + layout.slots[role][index])}
         return ray.remote(cls).options(**opts).remote(*args)
@@ -145,7 +146,7 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
     )
 
 
-def _enclosing_group(layout: placement.Layout):
+def _enclosing_group(layout: Layout):
     """The placement group this process runs in when its last bundles are exactly the run's
     layout (a Ray Tune trial reserves [trial] + role bundles), with the index of the first role
     bundle; else (None, 0). Reserving a second group there would hold every resource twice."""

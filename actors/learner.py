@@ -244,7 +244,7 @@ class LearnerRank:
 
 
 class LearnerGroup:
-    """Fans calls out to all ranks with equal shards; futures let the driver overlap passes.
+    """Fans calls out to all ranks with equal shards; futures let the trainer overlap passes.
 
     `get` resolves Ray object refs (ray.get by default; the launcher passes one that names the
     role when an actor fails)."""

@@ -1,16 +1,13 @@
-"""Placement groups per role from the config's resources.
+"""Placement groups per role: `reserve` turns a layout into one Ray placement group and
+`strategy` hands back the scheduling strategy for one bundle.
 
 The layout itself (`Layout`, `role_bundles`, `actor_resources`, `check_fits`) is pure and lives
-in `rlhf/cluster/resources.py`, so `rlhf submit` can check a run against a cluster without this package;
-it is re-exported here. `reserve` turns a layout into one Ray placement group and `strategy`
-hands back the scheduling strategy for one bundle.
+in rlhf/cluster/resources.py, so `rlhf submit` can check a run against a cluster without Ray.
 """
 
 from __future__ import annotations
 
-from rlhf.cluster.resources import Layout, actor_resources, check_fits, check_resources, role_bundles
-
-__all__ = ["Layout", "actor_resources", "check_fits", "check_resources", "reserve", "role_bundles", "strategy"]
+from rlhf.cluster.resources import Layout
 
 
 def reserve(layout: Layout, timeout_s: float = 120.0):

@@ -93,7 +93,7 @@ def validation_spec(cfg: Config) -> dict:
 
 def run_round(cfg: Config, run_training: Callable | None = None, log: Callable[[str], None] = print) -> dict:
     """Run the next round; returns its report (also round-NNN/report.json). `run_training` is
-    the RL entry point (actors/driver.py), needed only for review.method rm+rl."""
+    the RL entry point (actors/launch.py run_training), needed only for review.method rm+rl."""
     from rlhf.human.feedback import export_feedback
 
     _check_config(cfg, run_training)

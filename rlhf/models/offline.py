@@ -66,7 +66,7 @@ class OfflineEngine:
         self.start_seconds = 0.0  # time spent building the LLM (not importing vllm)
 
     def start(self) -> OfflineEngine:
-        """Build the engine (~20 s for a tiny model on CPU); returns self."""
+        """Build the engine (tens of seconds on CPU; bench/README.md); returns self."""
         if self.in_process:
             # One process instead of three: the engine core runs here, which starts in seconds
             # on CPU and keeps collective_rpc a plain call. Set before vllm reads it.

@@ -169,12 +169,3 @@ def test_check_fits_knows_a_bundle_cannot_span_nodes():
     with pytest.raises(ConfigError, match=message):
         check_fits(lay, {"CPU": 192, "GPU": 16}, four_gpu_nodes)
     check_fits(lay, {"CPU": 96, "GPU": 16}, [{"CPU": 48, "GPU": 8}] * 2)
-
-
-def test_actors_placement_keeps_its_public_names():
-    from actors import placement
-    from rlhf.cluster import resources
-
-    for name in ("Layout", "role_bundles", "actor_resources", "check_fits"):
-        assert getattr(placement, name) is getattr(resources, name)
-    assert callable(placement.reserve) and callable(placement.strategy)

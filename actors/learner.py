@@ -21,6 +21,7 @@ from rlhf.models.logprobs import response_logprobs, token_values
 from rlhf.models.runtime import attention_impl, learner_accelerator, learner_bf16
 from rlhf.models.zero import build_engine, engine_config, gather_full_state, save_hf
 from rlhf.rl.advantages import ADVANTAGES
+from rlhf.rl.aggregation import AGGREGATIONS, aggregate, mini_batch_units
 from rlhf.rl.batch import Experience, Samples
 from rlhf.rl.kl import kl_loss
 from rlhf.rl.losses import POLICY_LOSSES, value_loss
@@ -134,15 +135,36 @@ class LearnerRank:
         self.clock = {"timing/learner_forward": 0.0, "timing/learner_backward": 0.0, "timing/learner_step": 0.0}
         for _ in range(self.cfg.learner.ppo_epochs):
             for mini in exp.chunk(self.cfg.learner.mini_batches):
-                for micro in mini.split(self.micro):
-                    for name, value in self._micro_step(micro, kl_coef).items():
+                micros = mini.split(self.micro)
+                units = self._units(micros)
+                for micro in micros:
+                    for name, value in self._micro_step(micro, kl_coef, units, len(micros)).items():
                         stats.setdefault(name, []).append(value)
         stats["perf/lr"] = [self.policy.get_lr()[0]]
         self.version += 1
         # Seconds summed over micro-batches: where the update phase goes, inside this rank.
         return {**{k: sum(v) / len(v) for k, v in stats.items()}, **self.clock}
 
-    def _micro_step(self, micro: Experience, kl_coef: float) -> dict:
+    def _units(self, micros: list[Experience]) -> float | None:
+        """The aggregation's count over this mini-batch on every rank (collective), or None when
+        it counts per micro-batch."""
+        agg = self.cfg.algo.loss_agg
+        if AGGREGATIONS[agg].per_micro:
+            return None
+        units = torch.tensor(mini_batch_units(agg, [m.response_mask for m in micros]), dtype=torch.float64)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(units)
+        return float(units)
+
+    def _policy_term(self, loss_tok: torch.Tensor, mask: torch.Tensor, units: float | None, accum: int):
+        """This micro-batch's share of the mini-batch policy loss (rlhf/rl/aggregation.py)."""
+        agg = self.cfg.algo.loss_agg
+        t_max = self.cfg.rollout.max_new_tokens
+        if units is None:  # per micro-batch: DeepSpeed's own averaging over micro-batches and ranks
+            return aggregate(agg, loss_tok, mask, AGGREGATIONS[agg].count(mask), t_max)
+        return aggregate(agg, loss_tok, mask, units, t_max, scale=accum * self.world_size)
+
+    def _micro_step(self, micro: Experience, kl_coef: float, units: float | None, accum: int) -> dict:
         a = self.cfg.algo
         mask = micro.response_mask
         started = time.perf_counter()
@@ -152,7 +174,8 @@ class LearnerRank:
         # sampling, the trainer skipped the old pass, and this pass stands in (ratio exactly 1).
         single = micro.old_logprobs is None
         old = logp.detach() if single else micro.old_logprobs
-        loss, stats = POLICY_LOSSES[a.policy_loss](logp, old, micro.advantages, mask, a)
+        loss_tok, stats = POLICY_LOSSES[a.policy_loss](logp, old, micro.advantages, mask, a)
+        loss = self._policy_term(loss_tok, mask, units, accum)
         if single:
             stats.update(sampling_policy_stats(logp.detach(), entropy.detach(), micro.rollout_logprobs, mask))
         if a.entropy_coef > 0:

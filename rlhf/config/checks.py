@@ -18,6 +18,7 @@ from rlhf.config.typed_yaml import ConfigError, get_dotted
 CHOICES: dict[str, str | tuple[str, ...]] = {
     "algo.name": "rlhf.rl.advantages:ADVANTAGES",
     "algo.policy_loss": "rlhf.rl.losses:POLICY_LOSSES",
+    "algo.loss_agg": "rlhf.rl.aggregation:AGGREGATIONS",
     "algo.kl_estimator": "rlhf.rl.kl:KL_ESTIMATORS",
     "reward.rules": "rlhf.rl.rewards:RULES",
     "data.kind": "rlhf.data.kinds:SCHEMAS",

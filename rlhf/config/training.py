@@ -164,7 +164,15 @@ class AlgoConfig:
     """Policy loss (rlhf/rl/losses.py): ppo_clip is the token-level clipped ratio; gspo clips one
     ratio per sequence (the exp of its mean token log-ratio)."""
     clip_eps: float = 0.2
-    """Ratio clip range (per token for ppo_clip, per sequence for gspo)."""
+    """Ratio clip range (per token for ppo_clip, per sequence for gspo); the lower side when
+    clip_eps_high is set."""
+    clip_eps_high: float = 0.0
+    """Upper side of the ratio clip, 1 + clip_eps_high ("clip-higher", DAPO uses 0.28); 0: the
+    same as clip_eps."""
+    loss_agg: str = "micro_token_mean"
+    """How per-token policy losses become the mini-batch loss (rlhf/rl/aggregation.py):
+    token_mean over every valid token of the mini-batch on all ranks, seq_mean_token_mean,
+    seq_mean_token_sum_norm (Dr. GRPO), or micro_token_mean (per micro-batch, then averaged)."""
     dual_clip: float = 0.0
     """Dual-clip bound c > 1 for negative advantages; 0 disables."""
     value_clip: float = 0.2

@@ -4,9 +4,10 @@ Shapes: B sequences, T response tokens, V vocabulary; mask [B, T] is 1 on valid 
 are scalar tensors; stats are plain floats so they log and cross Ray without a device sync later.
 
 Departures from the papers, on purpose:
-  - Losses are aggregated as a token mean over every valid token of the batch (DAPO, verl's
-    default), not a mean per sequence then over sequences (PPO/GRPO papers): long answers are
-    not down-weighted per token. With gradient accumulation the mean is per micro-batch.
+  - Policy losses are per token; how they become one scalar over the mini-batch (token mean,
+    sequence mean, Dr. GRPO's constant normaliser) is `algo.loss_agg` (rlhf/rl/aggregation.py).
+  - The clip range may be asymmetric ("clip-higher", DAPO): ratios are clipped to
+    [1 - clip_eps, 1 + clip_eps_high], which lets rare good tokens grow faster than they shrink.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from rlhf.registry import Registry
+from rlhf.rl.aggregation import AGGREGATIONS, aggregate
 from rlhf.rl.masked import masked_mean
 
 if TYPE_CHECKING:
@@ -25,37 +27,45 @@ if TYPE_CHECKING:
 
 PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, "AlgoConfig"], tuple[Tensor, dict[str, float]]]
 POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
-"""`fn(logp, old_logp, advantages, mask [B, T] each, algo config) -> (scalar loss, stats)` by
-name (`algo.policy_loss`)."""
+"""`fn(logp, old_logp, advantages, mask [B, T] each, algo config) -> (loss [B, T], stats)` by
+name (`algo.policy_loss`); `algo.loss_agg` turns the per-token loss into the scalar."""
+
+
+def clip_range(a: AlgoConfig) -> tuple[float, float]:
+    """(eps_low, eps_high) of the ratio clip: clip_eps below, clip_eps_high (or clip_eps) above."""
+    return a.clip_eps, a.clip_eps_high or a.clip_eps
 
 
 @POLICY_LOSSES.register("ppo_clip")
 def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
                   a: AlgoConfig) -> tuple[Tensor, dict[str, float]]:
-    """Token-level PPO clip (`policy_loss` with algo.clip_eps and algo.dual_clip)."""
-    return policy_loss(logp, old_logp, advantages, mask, a.clip_eps, a.dual_clip)
+    """Token-level PPO clip (`policy_loss_terms` with algo's clip range and dual clip)."""
+    low, high = clip_range(a)
+    return policy_loss_terms(logp, old_logp, advantages, mask, low, a.dual_clip, high)
 
 
 @POLICY_LOSSES.register("gspo")
-def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
-              a: AlgoConfig) -> tuple[Tensor, dict[str, float]]:
+def gspo_terms(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+               a: AlgoConfig) -> tuple[Tensor, dict[str, float]]:
     """GSPO (Zheng et al. 2025): one importance ratio per sequence, clipped per sequence.
 
     s_i = exp(mean_t (logp - old_logp)) over row i's valid tokens; the sequence advantage A_i is
     the mean of its token advantages (constant along the row for group estimators);
-    loss = mean_i max(-A_i s_i, -A_i clip(s_i, 1-eps, 1+eps)) over rows with a valid token.
-    [B, T] each -> (scalar loss, stats). Rows without tokens add nothing.
+    loss_i = max(-A_i s_i, -A_i clip(s_i, 1-eps_low, 1+eps_high)), put on each valid token of
+    row i ([B, T] each -> ([B, T], stats)); seq_mean_token_mean aggregation gives the paper's
+    mean over sequences.
     """
-    eps = a.clip_eps
+    eps_low, eps_high = clip_range(a)
     rows = (mask != 0).any(dim=-1).to(logp.dtype)  # [B]
     log_ratio = masked_mean(logp - old_logp, mask, dim=-1)  # [B]
     ratio = torch.exp(log_ratio)
     adv = masked_mean(advantages, mask, dim=-1)  # [B]
-    loss_seq = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - eps, 1.0 + eps))
-    loss = (loss_seq * rows).sum() / rows.sum().clamp(min=1.0)
+    loss_seq = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high))
+    loss_tok = loss_seq.unsqueeze(-1).expand_as(logp) * (mask != 0)
     with torch.no_grad():
-        low = ((ratio < 1.0 - eps) & (adv < 0)).to(logp.dtype)
-        high = ((ratio > 1.0 + eps) & (adv > 0)).to(logp.dtype)
+        loss = (loss_seq * rows).sum() / rows.sum().clamp(min=1.0)
+        low = ((ratio < 1.0 - eps_low) & (adv < 0)).to(logp.dtype)
+        high = ((ratio > 1.0 + eps_high) & (adv > 0)).to(logp.dtype)
         n = rows.sum().clamp(min=1.0)
         stats = {
             "loss/policy": float(loss),
@@ -66,7 +76,16 @@ def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
             "policy/approx_kl": float((0.5 * log_ratio**2 * rows).sum() / n),
             "policy/ratio_mean": float((ratio * rows).sum() / n),
         }
-    return loss, stats
+    return loss_tok, stats
+
+
+def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+              a: AlgoConfig) -> tuple[Tensor, dict[str, float]]:
+    """GSPO as the paper states it: the mean of the sequence losses over rows with a valid token
+    (`gspo_terms` aggregated by seq_mean_token_mean). [B, T] each -> (scalar loss, stats)."""
+    loss_tok, stats = gspo_terms(logp, old_logp, advantages, mask, a)
+    rows = AGGREGATIONS["seq_mean_token_mean"].count(mask)
+    return aggregate("seq_mean_token_mean", loss_tok, mask, rows, logp.shape[-1]), stats
 
 
 
@@ -77,10 +96,26 @@ def policy_loss(
     mask: Tensor,
     clip_eps: float = 0.2,
     dual_clip: float = 0.0,
+    clip_eps_high: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """PPO clipped surrogate, token mean over `mask`. [B, T] each -> (scalar loss, stats).
+    """PPO clipped surrogate, token mean over `mask`. [B, T] each -> (scalar loss, stats)."""
+    loss_tok, stats = policy_loss_terms(logp, old_logp, advantages, mask, clip_eps, dual_clip, clip_eps_high)
+    return masked_mean(loss_tok, mask), stats
 
-    loss_t = max(-A r, -A clip(r, 1-eps, 1+eps)) with r = exp(logp - old_logp). With dual clip
+
+def policy_loss_terms(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    dual_clip: float = 0.0,
+    clip_eps_high: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """PPO clipped surrogate per token. [B, T] each -> (loss [B, T], stats over `mask`).
+
+    loss_t = max(-A r, -A clip(r, 1-eps, 1+eps_high)) with r = exp(logp - old_logp) and eps_high
+    = clip_eps unless given (clip-higher). With dual clip
     c > 1 (Ye et al. 2020) a negative-advantage token's loss is further capped at -c A, so a huge
     ratio on a bad token cannot blow up the update. Stats follow TRL's names: clip_ratio/low_mean
     (r < 1-eps with A < 0), clip_ratio/high_mean (r > 1+eps with A > 0) and their union
@@ -88,23 +123,22 @@ def policy_loss(
     """
     if 0.0 < dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (or 0 to disable), got {dual_clip}")
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + eps_high)
     loss_tok = torch.maximum(unclipped, clipped)
     dual_hit = torch.zeros_like(loss_tok, dtype=torch.bool)
     if dual_clip > 0.0:
         bound = -dual_clip * advantages
         dual_hit = (advantages < 0) & (loss_tok > bound)
         loss_tok = torch.where(advantages < 0, torch.minimum(loss_tok, bound), loss_tok)
-    loss = masked_mean(loss_tok, mask)
-
     with torch.no_grad():
         low = ((ratio < 1.0 - clip_eps) & (advantages < 0)).to(logp.dtype)
-        high = ((ratio > 1.0 + clip_eps) & (advantages > 0)).to(logp.dtype)
+        high = ((ratio > 1.0 + eps_high) & (advantages > 0)).to(logp.dtype)
         stats = {
-            "loss/policy": float(loss),
+            "loss/policy": float(masked_mean(loss_tok, mask)),
             "clip_ratio/low_mean": float(masked_mean(low, mask)),
             "clip_ratio/high_mean": float(masked_mean(high, mask)),
             "clip_ratio/region_mean": float(masked_mean(low + high, mask)),
@@ -113,7 +147,7 @@ def policy_loss(
             "policy/approx_kl": float(masked_mean(0.5 * log_ratio**2, mask)),
             "policy/ratio_mean": float(masked_mean(ratio, mask)),
         }
-    return loss, stats
+    return loss_tok, stats
 
 
 def value_loss(

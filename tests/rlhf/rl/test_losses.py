@@ -16,7 +16,19 @@ def test_ppo_clip_is_the_token_level_policy_loss():
     adv, mask = torch.tensor([[1.0, -1.0]]), torch.ones(1, 2)
     got, _ = POLICY_LOSSES["ppo_clip"](logp, old, adv, mask, AlgoConfig(clip_eps=0.2))
     want, _ = policy_loss(logp, old, adv, mask, 0.2)
-    assert torch.equal(got, want)
+    assert got.shape == (1, 2) and torch.equal(got.mean(), want)
+
+
+def test_clip_higher_widens_only_the_upper_side():
+    # ratios e^0.24 = 1.271 (A > 0) and e^-0.24 = 0.787 (A < 0); eps 0.2 below, 0.28 above
+    logp, old = torch.tensor([[0.24, -0.24]]), torch.zeros(1, 2)
+    adv, mask = torch.tensor([[1.0, -1.0]]), torch.ones(1, 2)
+    loss_tok, stats = POLICY_LOSSES["ppo_clip"](logp, old, adv, mask, AlgoConfig(clip_eps=0.2, clip_eps_high=0.28))
+    assert float(loss_tok[0, 0]) == pytest.approx(-math.exp(0.24))  # inside [0.8, 1.28]: unclipped
+    assert float(loss_tok[0, 1]) == pytest.approx(0.8)  # max(0.787, 0.8): clipped below at 1 - 0.2
+    assert stats["clip_ratio/high_mean"] == 0.0 and stats["clip_ratio/low_mean"] == 0.5
+    symmetric, stats = POLICY_LOSSES["ppo_clip"](logp, old, adv, mask, AlgoConfig(clip_eps=0.2))
+    assert float(symmetric[0, 0]) == pytest.approx(-1.2) and stats["clip_ratio/high_mean"] == 0.5
 
 
 def test_gspo_one_ratio_per_sequence_by_hand():

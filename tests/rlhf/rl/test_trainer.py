@@ -158,3 +158,25 @@ def test_a_metric_reported_twice_is_an_error():
     assert merge_metrics({"a": 1}, {"b": 2}) == {"a": 1, "b": 2}
     with pytest.raises(ValueError, match="reported twice.*'a'"):
         merge_metrics({"a": 1}, {"a": 2})
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "micro_token_mean"])
+def test_the_learner_aggregates_the_loss_over_the_whole_mini_batch(trainer, mode, monkeypatch):
+    from rlhf.rl.aggregation import aggregate, mini_batch_units
+    from rlhf.rl.masked import masked_mean
+
+    rank, exp = trainer.roles.learner.rank, trainer.roles.learner.updates[0]
+    monkeypatch.setattr(rank.cfg.algo, "loss_agg", mode)
+    loss = torch.rand(exp.response_mask.shape, generator=torch.Generator().manual_seed(0))
+    micros = exp.split(3)  # 8 rows -> 3, 3, 2: uneven micro-batches
+    units = rank._units(micros)
+    # DeepSpeed divides each micro-batch's loss by the accumulation steps before summing.
+    parts = [rank._policy_term(loss[3 * i: 3 * i + len(m)], m.response_mask, units, len(micros)) / len(micros)
+             for i, m in enumerate(micros)]
+    if mode == "micro_token_mean":  # today's per-micro mean, kept as is
+        assert units is None
+        want = sum(masked_mean(loss[3 * i: 3 * i + len(m)], m.response_mask) for i, m in enumerate(micros)) / 3
+    else:
+        want = aggregate(mode, loss, exp.response_mask, mini_batch_units(mode, [exp.response_mask]),
+                         trainer.cfg.rollout.max_new_tokens)
+    assert float(sum(parts)) == pytest.approx(float(want), rel=1e-5)

@@ -24,7 +24,7 @@ from rlhf.rl.advantages import ADVANTAGES
 from rlhf.rl.aggregation import AGGREGATIONS, aggregate, mini_batch_units
 from rlhf.rl.batch import Experience, Samples
 from rlhf.rl.kl import kl_loss
-from rlhf.rl.losses import POLICY_LOSSES, value_loss
+from rlhf.rl.losses import POLICY_LOSSES, truncated_is_weights, value_loss
 from rlhf.rl.masked import masked_mean
 
 
@@ -175,6 +175,10 @@ class LearnerRank:
         single = micro.old_logprobs is None
         old = logp.detach() if single else micro.old_logprobs
         loss_tok, stats = POLICY_LOSSES[a.policy_loss](logp, old, micro.advantages, mask, a)
+        if a.tis_cap > 0:
+            weights, tis_stats = truncated_is_weights(old, micro.rollout_logprobs, mask, a.tis_cap)
+            loss_tok = loss_tok * weights
+            stats.update(tis_stats)
         loss = self._policy_term(loss_tok, mask, units, accum)
         if single:
             stats.update(sampling_policy_stats(logp.detach(), entropy.detach(), micro.rollout_logprobs, mask))

@@ -41,6 +41,8 @@ def reported_metrics(cfg: Config) -> set[str]:
     uses_reference = cfg.reference.enabled and cfg.algo.kl_coef > 0
     if uses_reference and not cfg.algo.kl_in_reward:
         names.add("loss/kl")  # the KL term sits in the loss only when it is not in the reward
+    if cfg.algo.tis_cap > 0:
+        names |= {"rollout/tis_weight_mean", "rollout/tis_capped_frac"}
     if cfg.algo.name == "ppo":
         names |= {"loss/value", "value/clipfrac", "value/mean"}  # only PPO has a critic
     return names

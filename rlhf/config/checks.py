@@ -101,6 +101,10 @@ def _validate_sizes(cfg) -> None:
     _check(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be at least 1")
     _check(cfg.learner.mini_batches >= 1, "learner.mini_batches", "must be at least 1")
     _check(cfg.learner.deepspeed.zero_stage in (0, 1, 2, 3), "learner.deepspeed.zero_stage", "expected 0-3")
+    _check(0.0 < cfg.algo.clip_eps < 1.0, "algo.clip_eps", f"must be in (0, 1), got {cfg.algo.clip_eps}")
+    _check(cfg.algo.clip_eps_high >= 0.0, "algo.clip_eps_high", "must be 0 (same as clip_eps) or more")
+    _check(cfg.algo.tis_cap == 0.0 or cfg.algo.tis_cap >= 1.0, "algo.tis_cap",
+           f"must be 0 (off) or at least 1, got {cfg.algo.tis_cap}")
     batch = cfg.train.prompts_per_step * cfg.rollout.n_samples
     per_update = cfg.learner.num_ranks * cfg.learner.mini_batches
     _check(

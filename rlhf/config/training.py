@@ -162,13 +162,18 @@ class AlgoConfig:
     """GAE lambda (PPO)."""
     policy_loss: str = "ppo_clip"
     """Policy loss (rlhf/rl/losses.py): ppo_clip is the token-level clipped ratio; gspo clips one
-    ratio per sequence (the exp of its mean token log-ratio)."""
+    ratio per sequence (the exp of its mean token log-ratio); with loss_agg seq_mean_token_mean
+    it is the paper's mean over sequences."""
     clip_eps: float = 0.2
     """Ratio clip range (per token for ppo_clip, per sequence for gspo); the lower side when
     clip_eps_high is set."""
     clip_eps_high: float = 0.0
     """Upper side of the ratio clip, 1 + clip_eps_high ("clip-higher", DAPO uses 0.28); 0: the
     same as clip_eps."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling: weigh each token's policy loss by min(p_learner /
+    p_engine, tis_cap) to correct the gap between the engine's and the learner's logprobs
+    (verl and OpenRLHF use 2); 0 disables."""
     loss_agg: str = "micro_token_mean"
     """How per-token policy losses become the mini-batch loss (rlhf/rl/aggregation.py):
     token_mean over every valid token of the mini-batch on all ranks, seq_mean_token_mean,

@@ -150,6 +150,24 @@ def policy_loss_terms(
     return loss_tok, stats
 
 
+def truncated_is_weights(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor,
+                         cap: float) -> tuple[Tensor, dict[str, float]]:
+    """Truncated importance sampling (TIS, Yao et al. 2025) for the gap between the engine that
+    sampled and the learner: w_t = min(exp(old_logp - rollout_logp), cap), no gradient.
+
+    The policy loss is multiplied by w per token, so tokens the engine over-sampled relative to
+    the learner's policy count for less. [B, T] each -> (w [B, T], stats over `mask`).
+    """
+    if cap <= 0:
+        raise ValueError(f"the TIS cap must be > 0, got {cap}")
+    with torch.no_grad():
+        ratio = torch.exp(old_logp - rollout_logp)
+        weights = ratio.clamp(max=cap)
+        stats = {"rollout/tis_weight_mean": float(masked_mean(weights, mask)),
+                 "rollout/tis_capped_frac": float(masked_mean((ratio > cap).to(weights.dtype), mask))}
+    return weights, stats
+
+
 def value_loss(
     values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 0.2
 ) -> tuple[Tensor, dict[str, float]]:

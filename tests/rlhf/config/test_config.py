@@ -352,3 +352,15 @@ def test_learner_precision_and_attention_follow_the_config():
     assert attention_impl(load_config(overrides=["model.attention=sdpa"])) == "sdpa"
     with pytest.raises(ConfigError, match="model.attention"):
         load_config(overrides=["model.attention=flash"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("algo.clip_eps=0", r"algo\.clip_eps: must be in \(0, 1\), got 0"),
+    ("algo.clip_eps_high=-0.1", r"algo\.clip_eps_high: must be 0 \(same as clip_eps\) or more"),
+    ("algo.tis_cap=0.5", r"algo\.tis_cap: must be 0 \(off\) or at least 1, got 0.5"),
+    ("algo.loss_agg=sum", r"algo\.loss_agg: unknown value 'sum'; valid: token_mean, seq_mean_token_mean"),
+])
+def test_rl_recipe_settings_are_checked(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(overrides=[override])
+    assert load_config(overrides=["algo.clip_eps_high=0.28", "algo.tis_cap=2", "algo.loss_agg=token_mean"])

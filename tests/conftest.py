@@ -17,6 +17,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The same cache `make` uses, so tests and the demo share prepared models.
 os.environ.setdefault("RLHF_CACHE", str(REPO / ".cache"))
+# DeepSpeed's compiled CPU ops live with the venv that built them (see scripts/setup.sh).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch-extensions"))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from rlhf.config.tree import Config
+from rlhf.data.heldout import without_heldout
 from rlhf.data.tables import load_source, split
 
 
@@ -46,16 +49,24 @@ def encode_questions(tokenizer, questions: Sequence[str], cfg: Config) -> list[l
                           m.max_prompt_tokens) for q in questions]
 
 
+def training_prompts(cfg: Config) -> tuple[pa.Table, int]:
+    """The RL prompts of `cfg.data` less its validation share (by hash) and the held-out
+    evaluation questions; and how many held-out questions were dropped."""
+    kind = "qa" if cfg.data.kind == "qa" else "prompts"
+    result = load_source(cfg.data.train, kind, cfg.data.fields, cfg.data.gym_size, cfg.data.seed)
+    train, _ = split(result.table, cfg.data.val_fraction, seed=cfg.data.seed)
+    return without_heldout(train, "question", cfg, "rl prompts")
+
+
 class PromptSet:
     """Training prompts from `cfg.data` (the validation share is held out by hash)."""
 
     def __init__(self, cfg: Config, tokenizer):
-        kind = "qa" if cfg.data.kind == "qa" else "prompts"
-        result = load_source(cfg.data.train, kind, cfg.data.fields, cfg.data.gym_size, cfg.data.seed)
-        train, _ = split(result.table, cfg.data.val_fraction, seed=cfg.data.seed)
+        train, self.heldout_dropped = training_prompts(cfg)
         rows = train.to_pylist()
         if not rows:
-            raise ValueError(f"{cfg.data.train}: no training prompts left after the validation split")
+            raise ValueError(f"{cfg.data.train}: no training prompts left after the validation split "
+                             f"and dropping {self.heldout_dropped} held-out evaluation questions")
         self.questions = [r["question"] for r in rows]
         self.references = [r.get("reference", r.get("answer")) for r in rows]
         self.choices = [r.get("choices") for r in rows]

@@ -30,11 +30,12 @@ from pathlib import Path
 
 from rlhf.config.tree import Config
 from rlhf.config.workflow import ReviewConfig
+from rlhf.data.heldout import heldout, question_key
 from rlhf.data.prompts import encode_questions
 from rlhf.data.readers import DataError
 from rlhf.data.tables import load_source
 from rlhf.human.feedback import AnswerRecord, FeedbackStore
-from rlhf.human.review_store import NewItem, ReviewStore, question_key
+from rlhf.human.review_store import NewItem, ReviewStore
 from rlhf.models.loading import load_tokenizer, resolve_model_path
 from rlhf.models.offline import OfflineEngine
 from rlhf.rl.rewards import combine, token_f1_score
@@ -146,16 +147,15 @@ def _production_item(p: dict) -> Planned:
 def candidate_questions(cfg: Config, rng: random.Random) -> list[dict]:
     """review.candidates questions (with references where known) from review.questions or
     train, never a validation question."""
-    from rlhf.supervised.inputs import heldout_questions
-
     spec = cfg.review.questions or cfg.data.train
     if not spec:
         raise DataError("no questions to review: set review.questions or train")
     fields = cfg.data.fields if spec == cfg.data.train else None
     rows = load_source(spec, "prompts", fields, max(cfg.data.gym_size, cfg.review.candidates),
                             cfg.data.seed).table.to_pylist()
-    held = heldout_questions(cfg)
-    rows = [r for r in rows if r["question"].strip() not in held]
+    held = heldout(cfg)
+    rows = [r for r in rows if not held.overlap([r["question"]])]
+    held.check([r["question"] for r in rows], "review queue")
     return rng.sample(rows, min(cfg.review.candidates, len(rows)))
 
 

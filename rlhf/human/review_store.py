@@ -24,13 +24,13 @@ Export (rlhf.human.feedback.export_feedback merges these rows with the endpoint'
 from __future__ import annotations
 
 import math
-import re
 import sqlite3
 import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from rlhf.data.heldout import question_key
 from rlhf.human.agreement import krippendorff_alpha, pairwise
 
 ASPECTS = ("accuracy", "relevance", "clarity", "helpfulness")
@@ -91,11 +91,6 @@ class NewItem:
     other_id: str | None = None  # the second answer of a compare item
     score: float | None = None  # what ranked it: RM margin, disagreement, ...
     source_id: str | None = None  # the endpoint answer a flagged / thumbs-down item came from
-
-
-def question_key(text: str) -> str:
-    """Questions that differ only in case, spacing or punctuation are one question."""
-    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
 
 
 def _round_half_up(x: float) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlhf.data.prompts import training_prompts
 from rlhf.registry import Registry
 from rlhf.supervised.inputs import generate_pairs, pair_job, sft_job
 from rlhf.supervised.trainer import run_finetune
@@ -42,6 +43,12 @@ def stage(name: str, sections: tuple[str, ...], upstream: tuple[str, ...] = (), 
     return wrap
 
 
+def _heldout(dropped: int) -> dict:
+    """Manifest fields: held-out questions dropped from a stage's inputs, and found in them after
+    (always 0: a stage with overlap left stops with rlhf.data.heldout.ContaminationError)."""
+    return {"heldout_dropped": dropped, "heldout_overlap": 0}
+
+
 def _last_val(rows: list[dict]) -> dict:
     return {k: v for k, v in rows[-1].items() if k.startswith("val/")} if rows else {}
 
@@ -50,7 +57,8 @@ def _last_val(rows: list[dict]) -> dict:
 def run_sft(p: Pipeline, folder: Path):
     job = sft_job(p.cfg, p.current_policy(), folder / "model")
     rows = run_finetune(job, p.cfg, log=p.log)
-    return folder / "model", {"first": rows[0], "last": _last_val(rows), "examples": len(job.train)}
+    return folder / "model", {"first": rows[0], "last": _last_val(rows), "examples": len(job.train),
+                              **_heldout(job.heldout_dropped)}
 
 
 @stage("pairs", ("pipeline", "reward", "rollout", "model", "data"), upstream=("sft",))
@@ -68,14 +76,16 @@ def run_rm(p: Pipeline, folder: Path):
     base = p.cfg.rm.base_model or p.base_model
     job = pair_job("rm", p.cfg, base, _pair_files(p, "rm"), folder / "model")
     rows = run_finetune(job, p.cfg, log=p.log)
-    return folder / "model", {"first": rows[0], "last": _last_val(rows), "pairs": len(job.train)}
+    return folder / "model", {"first": rows[0], "last": _last_val(rows), "pairs": len(job.train),
+                              **_heldout(job.heldout_dropped)}
 
 
 @stage("dpo", ("dpo", "pipeline"), upstream=("pairs", "sft"), produces_policy=True)
 def run_dpo(p: Pipeline, folder: Path):
     job = pair_job("dpo", p.cfg, p.current_policy(), _pair_files(p, "dpo"), folder / "model")
     rows = run_finetune(job, p.cfg, log=p.log)
-    return folder / "model", {"first": rows[0], "last": _last_val(rows), "pairs": len(job.train)}
+    return folder / "model", {"first": rows[0], "last": _last_val(rows), "pairs": len(job.train),
+                              **_heldout(job.heldout_dropped)}
 
 
 @stage("rl", ("algo", "rollout", "learner", "reward", "reference", "train", "data", "model"),
@@ -97,11 +107,12 @@ def run_rl(p: Pipeline, folder: Path):
         import shutil
 
         shutil.rmtree(run_dir)  # the inputs changed: this RL run starts over
+    _, dropped = training_prompts(cfg)  # what the trainer's PromptSet will hold (checked there too)
     p.run_training(cfg, run_dir=run_dir)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     keep = ("reward/mean", "objective/kl", "timing/step")
     return run_dir / "model", {"first": {k: rows[0].get(k) for k in keep}, "last": {k: rows[-1].get(k) for k in keep},
-                               "steps": len(rows)}
+                               "steps": len(rows), **_heldout(dropped)}
 
 
 @stage("eval", ("eval", "model"), upstream=("sft", "dpo", "rl"))
@@ -121,6 +132,13 @@ def run_eval(p: Pipeline, folder: Path):
         "base_model": p.base_model,
         "report": str(folder / "report.md"),
         "stage_seconds": {s: a.manifest["seconds"] for s, a in p.artifacts.items()},
+        # Per training stage: held-out questions found in its inputs (0) and dropped from them.
+        "heldout_overlap": _per_stage(p, "heldout_overlap"),
+        "heldout_dropped": _per_stage(p, "heldout_dropped"),
     }
     (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return folder / "report.json", summary
+
+
+def _per_stage(p: Pipeline, key: str) -> dict:
+    return {s: a.manifest["metrics"][key] for s, a in p.artifacts.items() if key in a.manifest.get("metrics", {})}

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from rlhf.config.tree import Config
 from rlhf.config.workflow import FinetuneConfig
+from rlhf.data.heldout import without_heldout
 from rlhf.data.kinds import PAIRS_SCHEMA, load
 from rlhf.data.prompts import encode_questions
 from rlhf.data.readers import DataError
@@ -21,25 +22,10 @@ from rlhf.supervised.examples import answer_example, pair_example, rm_pair_examp
 from rlhf.supervised.trainer import FinetuneJob
 
 
-def heldout_questions(cfg: Config) -> set[str]:
-    """Questions of the evaluation set; training data drops them so they stay unseen."""
-    if not cfg.eval.data:
-        return set()
-    result = load_source(cfg.eval.data, "prompts", None, cfg.eval.size, cfg.eval.seed)
-    return {q.strip() for q in result.table.column("question").to_pylist()}
-
-
-def _without(table: pa.Table, column: str, excluded: set[str]) -> pa.Table:
-    if not excluded:
-        return table
-    keep = [q.strip() not in excluded for q in table.column(column).to_pylist()]
-    return table.filter(pa.array(keep))
-
-
 def sft_job(cfg: Config, base: str, out_dir: str | Path) -> FinetuneJob:
     settings = cfg.sft
     result = load_source(settings.data, "qa", settings.fields, cfg.data.gym_size, cfg.data.seed)
-    table = _without(result.table, "question", heldout_questions(cfg))
+    table, dropped = without_heldout(result.table, "question", cfg, "sft")
     train, val = split(table, settings.val_fraction, seed=cfg.data.seed)
     tok = load_tokenizer(base)
 
@@ -47,7 +33,7 @@ def sft_job(cfg: Config, base: str, out_dir: str | Path) -> FinetuneJob:
         return [answer_example(tok, r["question"], r["answer"], settings.max_length, cfg.model.system_prompt,
                                cfg.model.chat_template) for r in rows.to_pylist()]
 
-    return _job("sft", cfg, settings, base, out_dir, encode(train), encode(val))
+    return _job("sft", cfg, settings, base, out_dir, encode(train), encode(val), dropped)
 
 
 def guess_kind(path: str) -> str:
@@ -89,7 +75,7 @@ def load_pairs(paths: list[str], fields: dict | None = None) -> pa.Table:
 
 def pair_job(kind: str, cfg: Config, base: str, paths: list[str], out_dir: str | Path) -> FinetuneJob:
     settings: FinetuneConfig = getattr(cfg, kind)
-    table = _without(load_pairs(paths, settings.fields), "prompt", heldout_questions(cfg))
+    table, dropped = without_heldout(load_pairs(paths, settings.fields), "prompt", cfg, kind)
     train, val = split(table, settings.val_fraction, seed=cfg.data.seed)
     tok = load_tokenizer(base)
 
@@ -100,7 +86,7 @@ def pair_job(kind: str, cfg: Config, base: str, paths: list[str], out_dir: str |
         return [pair_example(tok, r["prompt"], r["chosen"], r["rejected"], settings.max_length, r["margin"],
                              cfg.model.system_prompt, cfg.model.chat_template) for r in rows.to_pylist()]
 
-    return _job(kind, cfg, settings, base, out_dir, encode(train), encode(val))
+    return _job(kind, cfg, settings, base, out_dir, encode(train), encode(val), dropped)
 
 
 def finetune_job(kind: str, cfg: Config, out_dir: str | Path, paths: list[str] | None = None) -> FinetuneJob:
@@ -114,13 +100,14 @@ def finetune_job(kind: str, cfg: Config, out_dir: str | Path, paths: list[str] |
     return pair_job(kind, cfg, base, sources, out_dir)
 
 
-def _job(kind, cfg, settings, base, out_dir, train, val) -> FinetuneJob:
+def _job(kind, cfg, settings, base, out_dir, train, val, heldout_dropped: int = 0) -> FinetuneJob:
     if len(val) < settings.num_workers:
         raise DataError(f"{kind}: {len(val)} validation rows for {settings.num_workers} workers; raise "
                              f"{kind}.val_fraction or add data")
     # Absolute: Ray Train's workers do not run in the driver's working directory.
     return FinetuneJob(kind=kind, base_model=resolve_model_path(base), out_dir=str(Path(out_dir).resolve()),
-                       settings=settings, lora=cfg.model.lora, train=train, val=val, seed=cfg.train.seed)
+                       settings=settings, lora=cfg.model.lora, train=train, val=val, seed=cfg.train.seed,
+                       heldout_dropped=heldout_dropped)
 
 
 # ----------------------------------------------------------------------------- data pairs
@@ -131,7 +118,7 @@ def generate_pairs(cfg: Config, model: str, out_path: str | Path, questions: int
     best-vs-worst becomes a preference pair when their scores differ."""
     path = resolve_model_path(model)
     result = load_source(cfg.data.train, "prompts", cfg.data.fields, cfg.data.gym_size, cfg.data.seed)
-    table = _without(result.table, "question", heldout_questions(cfg))
+    table, dropped = without_heldout(result.table, "question", cfg, "pairs")
     rows = table.to_pylist()[: questions or cfg.pipeline.pairs_questions]
     prompts = encode_questions(load_tokenizer(path), [r["question"] for r in rows], cfg)
     params = {"n": cfg.pipeline.pairs_k, "temperature": cfg.rollout.temperature, "top_p": cfg.rollout.top_p,
@@ -151,4 +138,5 @@ def generate_pairs(cfg: Config, model: str, out_path: str | Path, questions: int
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     save(pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA), out)
-    return {"questions": len(rows), "pairs": len(pairs), "file": str(out)}
+    return {"questions": len(rows), "pairs": len(pairs), "file": str(out), "heldout_dropped": dropped,
+            "heldout_overlap": 0}

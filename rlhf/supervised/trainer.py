@@ -40,6 +40,7 @@ class FinetuneJob:
     val: list = field(default_factory=list)
     seed: int = 0
     eval_every: int = 0  # optimizer steps between validations (0: only at start and end)
+    heldout_dropped: int = 0  # rows left out because they are held-out evaluation questions
 
 
 def geometry(settings: FinetuneConfig) -> tuple[int, int]:

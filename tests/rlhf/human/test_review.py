@@ -17,11 +17,12 @@ import pytest
 from rlhf.config.tree import load_config
 from rlhf.config.typed_yaml import ConfigError
 from rlhf.config.workflow import ReviewConfig
+from rlhf.data.heldout import question_key
 from rlhf.data.kinds import load
 from rlhf.human.agreement import krippendorff_alpha, pairwise
 from rlhf.human.feedback import AnswerRecord, FeedbackStore, export_feedback
 from rlhf.human.review_queue import Candidate, plan_batch
-from rlhf.human.review_store import NewItem, ReviewError, ReviewStore, question_key
+from rlhf.human.review_store import NewItem, ReviewError, ReviewStore
 from serve.openai_api import ApiError, parse_model
 
 REPO = Path(__file__).resolve().parents[3]

@@ -63,6 +63,9 @@ def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     for key in ("heldout_accuracy_before", "heldout_accuracy_after", "heldout_accuracy_diff_ci95"):
         assert key in summary
     assert len(summary["heldout_accuracy_diff_ci95"]) == 2
+    # The evaluation questions were dropped from every training stage's inputs, none left.
+    assert summary["heldout_overlap"] == {"sft": 0, "pairs": 0, "rm": 0, "rl": 0}, summary
+    assert summary["heldout_dropped"]["sft"] > 0 and summary["heldout_dropped"]["rl"] > 0, summary
     for stage in ("sft", "pairs", "rm", "rl", "eval"):
         manifest = json.loads((run_dir / stage / "manifest.json").read_text())
         assert manifest["inputs"] and manifest["output_hash"] and manifest["seconds"] >= 0

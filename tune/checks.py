@@ -43,6 +43,8 @@ def reported_metrics(cfg: Config) -> set[str]:
         names.add("loss/kl")  # the KL term sits in the loss only when it is not in the reward
     if cfg.algo.tis_cap > 0:
         names |= {"rollout/tis_weight_mean", "rollout/tis_capped_frac"}
+    if cfg.algo.dynamic_sampling:
+        names |= {"rollout/groups_dropped_frac", "rollout/draws", "rollout/uninformative_in_batch"}
     if cfg.algo.name == "ppo":
         names |= {"loss/value", "value/clipfrac", "value/mean"}  # only PPO has a critic
     return names

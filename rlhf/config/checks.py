@@ -105,6 +105,10 @@ def _validate_sizes(cfg) -> None:
     _check(cfg.algo.clip_eps_high >= 0.0, "algo.clip_eps_high", "must be 0 (same as clip_eps) or more")
     _check(cfg.algo.tis_cap == 0.0 or cfg.algo.tis_cap >= 1.0, "algo.tis_cap",
            f"must be 0 (off) or at least 1, got {cfg.algo.tis_cap}")
+    _check(cfg.algo.max_draws >= 1, "algo.max_draws", f"must be at least 1, got {cfg.algo.max_draws}")
+    _check(not cfg.algo.dynamic_sampling or cfg.rollout.n_samples >= 2, "algo.dynamic_sampling",
+           f"compares the rewards within a prompt's group, so rollout.n_samples must be 2 or more, "
+           f"got {cfg.rollout.n_samples}")
     batch = cfg.train.prompts_per_step * cfg.rollout.n_samples
     per_update = cfg.learner.num_ranks * cfg.learner.mini_batches
     _check(

@@ -178,6 +178,12 @@ class AlgoConfig:
     """How per-token policy losses become the mini-batch loss (rlhf/rl/aggregation.py):
     token_mean over every valid token of the mini-batch on all ranks, seq_mean_token_mean,
     seq_mean_token_sum_norm (Dr. GRPO), or micro_token_mean (per micro-batch, then averaged)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling (rlhf/rl/dynamic.py): drop prompt groups whose samples all got
+    the same reward and draw more prompts until train.prompts_per_step groups differ."""
+    max_draws: int = 3
+    """With dynamic_sampling: draws of train.prompts_per_step prompts per step at most; a batch
+    still short of informative groups is topped up with uninformative ones."""
     dual_clip: float = 0.0
     """Dual-clip bound c > 1 for negative advantages; 0 disables."""
     value_clip: float = 0.2

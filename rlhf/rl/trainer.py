@@ -28,6 +28,7 @@ from rlhf.config.tree import Config
 from rlhf.data.prompts import PromptBatch, PromptSampler, PromptSet
 from rlhf.rl.advantages import ADVANTAGES, compute_advantages, kl_penalised_token_rewards
 from rlhf.rl.batch import Experience, Rollout, Samples, pack, pad_float_lists, single_update
+from rlhf.rl.dynamic import GroupFilter, assemble, split_groups
 from rlhf.rl.kl import kl_estimate, make_kl_controller
 from rlhf.rl.masked import masked_sum
 from rlhf.tracking import MetricsLog, Timer, plot_metrics
@@ -101,21 +102,23 @@ class Trainer:
 
     def rl_step(self) -> dict:
         timer = Timer()
-        batch = self.prompts.batch(self.sampler.next_indices())
-        # Fresh samples from the current policy; n per prompt, grouped by prompt.
-        with timer("generate"):
-            rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))))
+        # Fresh samples from the current policy; n per prompt, grouped by prompt. With dynamic
+        # sampling they are scored first, and groups whose rewards all tie are replaced.
+        if self.cfg.algo.dynamic_sampling:
+            batch, rollout, scored, draw_stats = self.draw_informative(timer)
+        else:
+            (batch, rollout), scored, draw_stats = self.draw(timer), None, {}
         samples = pack(rollout, self.pad_id)
         # Reward, reference logprobs and the learner's own logprobs/values need only the
         # samples, not each other: run the passes at once.
         with timer("score"):
-            rewards_f = self.roles.reward.score_async(*self.reward_inputs(batch, rollout))
+            rewards_f = self.roles.reward.score_async(*self.reward_inputs(batch, rollout)) if scored is None else None
             ref_f = self.roles.reference.logprobs_async(samples.sequences, samples.attention_mask, samples.prompt_len,
                                                         samples.response_len) if self.use_kl else None
             # With a single update the learner's update pass is its own "old" pass (the batch
             # carries old_logprobs=None), and it reports entropy and the behaviour gap from there.
             old_f = None if self.single_update else self.roles.learner.forward_async(samples)
-            rewards, components = rewards_f.result()
+            rewards, components = rewards_f.result() if scored is None else scored
             old = old_f.result() if old_f is not None else {"old_logprobs": None, "values": None}
             ref_logprobs = ref_f.result() if ref_f is not None else None
         # Advantages are pure tensor math (rlhf/rl/advantages.py), done here on the trainer.
@@ -135,9 +138,28 @@ class Trainer:
         self.step += 1
         learner_stats = {k: v for k, v in old.items() if k not in ("old_logprobs", "values")}
         return merge_metrics(self.rollout_metrics(rollout, exp, rewards, components, kl), learner_stats,
-                             update_stats, sync_stats, timer.metrics())
+                             update_stats, sync_stats, draw_stats, timer.metrics())
 
     # ------------------------------------------------------------------------- pieces
+
+    def draw(self, timer: Timer) -> tuple[PromptBatch, Rollout]:
+        """The next train.prompts_per_step prompts and n samples of each."""
+        batch = self.prompts.batch(self.sampler.next_indices())
+        with timer("generate"):
+            rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))))
+        return batch, rollout
+
+    def draw_informative(self, timer: Timer) -> tuple[PromptBatch, Rollout, tuple, dict]:
+        """Draw and score until the batch holds prompts_per_step groups whose rewards differ
+        (or algo.max_draws draws are spent); -> batch, rollout, (rewards, components), stats."""
+        groups = GroupFilter(self.cfg.train.prompts_per_step)
+        while not groups.full and groups.draws < self.cfg.algo.max_draws:
+            batch, rollout = self.draw(timer)
+            with timer("score"):
+                rewards, components = self.roles.reward.score_async(*self.reward_inputs(batch, rollout)).result()
+            groups.add(split_groups(batch, rollout, rewards, components))
+        batch, rollout, rewards, components = assemble(groups.batch())
+        return batch, rollout, (rewards, components), groups.metrics()
 
     def reward_inputs(self, batch: PromptBatch, rollout: Rollout) -> tuple:
         idx = rollout.prompt_index

@@ -359,8 +359,15 @@ def test_learner_precision_and_attention_follow_the_config():
     ("algo.clip_eps_high=-0.1", r"algo\.clip_eps_high: must be 0 \(same as clip_eps\) or more"),
     ("algo.tis_cap=0.5", r"algo\.tis_cap: must be 0 \(off\) or at least 1, got 0.5"),
     ("algo.loss_agg=sum", r"algo\.loss_agg: unknown value 'sum'; valid: token_mean, seq_mean_token_mean"),
+    ("algo.max_draws=0", r"algo\.max_draws: must be at least 1, got 0"),
 ])
 def test_rl_recipe_settings_are_checked(override, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(overrides=[override])
     assert load_config(overrides=["algo.clip_eps_high=0.28", "algo.tis_cap=2", "algo.loss_agg=token_mean"])
+
+
+def test_dynamic_sampling_needs_groups_to_compare():
+    with pytest.raises(ConfigError, match=r"algo\.dynamic_sampling: .*rollout\.n_samples must be 2 or more, got 1"):
+        load_config(overrides=["algo.dynamic_sampling=true", "rollout.n_samples=1", "algo.name=reinforce_pp"])
+    assert load_config(overrides=["algo.dynamic_sampling=true", "rollout.n_samples=4"]).algo.max_draws == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import socket
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
@@ -202,3 +203,43 @@ def test_critic_free_estimators_run_in_the_loop_with_clip_higher_tis_and_token_m
     assert metrics["rollout/tis_weight_mean"] == pytest.approx(1.0, abs=1e-2)
     assert metrics["rollout/tis_capped_frac"] == 0.0
     assert torch.isfinite(torch.tensor(metrics["loss/policy"]))
+
+
+class TieBreakingScorer:
+    """Rewards that differ within the group of every question whose crc32 is even, and tie
+    (0.5 for all n samples) for the others; remembers the questions of each call."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    @staticmethod
+    def informative(question: str) -> bool:
+        return zlib.crc32(question.encode()) % 2 == 0
+
+    def score_async(self, questions, responses, references, choices, n_tokens) -> Future:
+        self.calls.append(list(questions))
+        rewards = [float(j % 2) if self.informative(q) else 0.5 for j, q in enumerate(questions)]
+        return _later(lambda: (rewards, {"reward/crafted": rewards}))
+
+
+def test_dynamic_sampling_trains_on_groups_whose_rewards_differ(trainer, monkeypatch):
+    monkeypatch.setattr(trainer.cfg.algo, "dynamic_sampling", True)
+    monkeypatch.setattr(trainer.cfg.algo, "max_draws", 4)
+    scorer = TieBreakingScorer()
+    monkeypatch.setattr(trainer.roles, "reward", scorer)
+    metrics = trainer.rl_step()
+    exp = trainer.roles.learner.updates[-1]
+    n, wanted = trainer.cfg.rollout.n_samples, trainer.cfg.train.prompts_per_step
+    seen = [q for call in scorer.calls for q in call[::n]]  # one question per group, in draw order
+    informative = [q for q in seen if scorer.informative(q)]
+    kept = min(wanted, len(informative))
+    # The learner's batch: the first `wanted` informative groups, topped up only when too few.
+    assert len(exp) == wanted * n
+    assert int((exp.rewards.view(-1, n).std(1) > 0).sum()) == kept
+    # It stopped drawing as soon as the batch was full, or after max_draws.
+    before_last = [q for call in scorer.calls[:-1] for q in call[::n] if scorer.informative(q)]
+    assert len(scorer.calls) == 4 or len(before_last) < wanted <= len(informative)
+    assert metrics["rollout/draws"] == len(scorer.calls)
+    assert metrics["rollout/groups_dropped_frac"] == pytest.approx(1 - len(informative) / len(seen))
+    assert metrics["rollout/uninformative_in_batch"] == wanted - kept
+    assert metrics["reward/crafted"] == pytest.approx(float(exp.rewards.mean()))

@@ -47,6 +47,9 @@ class Registry(Mapping[str, T], Generic[T]):
         except KeyError:
             raise UnknownName(f"unknown {self.what} '{name}'; valid: {', '.join(self._entries)}") from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries  # Mapping's own version would raise UnknownName
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 

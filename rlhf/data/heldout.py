@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from rlhf.data.readers import DataError
-from rlhf.data.tables import load_source
+from rlhf.data.tables import is_generated, load_source
 
 if TYPE_CHECKING:
     from rlhf.config.tree import Config
@@ -71,7 +71,7 @@ def heldout_from(spec: str, size: int, seed: int, fields: dict | None = None) ->
     file or a prompts file."""
     if not spec:
         return NOTHING_HELD_OUT
-    if spec.startswith("gym:"):
+    if is_generated(spec):
         table = load_source(spec, "prompts", None, size, seed).table
     else:
         try:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from rlhf.data.gym import gym_entries
 from rlhf.data.kinds import PAIRS_SCHEMA, SCHEMAS, LoadResult, _canonical, load
 from rlhf.data.readers import DataError
+from rlhf.data.synthetic import synthetic_rows
 
 # ----------------------------------------------------------------------------- writing
 
@@ -147,14 +148,31 @@ def gym_rows(task: str, size: int, seed: int) -> pa.Table:
     return pa.Table.from_pylist(gym_entries(task, size, seed), schema=SCHEMAS["prompts"])
 
 
+GENERATED = ("gym:", "synth:")  # prefixes of generated sources; anything else is a file
+
+
+def is_generated(spec: str) -> bool:
+    return spec.startswith(GENERATED)
+
+
+def generated_rows(spec: str, size: int, seed: int) -> pa.Table:
+    """`gym:<task>` (reasoning-gym) or `synth:<domain>` (rlhf/data/synthetic.py) as a prompts table."""
+    if spec.startswith("synth:"):
+        rows = [{"question": r["question"], "reference": r["reference"]}
+                for r in synthetic_rows(spec[len("synth:"):], size, seed)]
+        return pa.Table.from_pylist(rows, schema=SCHEMAS["prompts"])
+    return gym_rows(spec[len("gym:"):], size, seed)
+
+
 def load_source(spec: str, kind: str, fields: dict | None = None, size: int = 512,
                 seed: int = 0) -> LoadResult:
-    """`gym:<task>` generates questions (kind prompts or qa); anything else is a file path."""
-    if not spec.startswith("gym:"):
+    """`gym:<task>` and `synth:<domain>` generate questions (kind prompts or qa); anything
+    else is a file path."""
+    if not is_generated(spec):
         return load(spec, kind, fields)
     if kind not in ("prompts", "qa"):
         raise DataError(f"{spec}: generated questions are kind prompts or qa, not '{kind}'")
-    table = gym_rows(spec[len("gym:"):], size, seed)
+    table = generated_rows(spec, size, seed)
     if kind == "qa":
         table = pa.Table.from_pylist(
             [{"question": r["question"], "answer": r["reference"]} for r in table.to_pylist()],

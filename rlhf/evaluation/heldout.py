@@ -39,7 +39,7 @@ from pathlib import Path
 from rlhf.config.tree import Config
 from rlhf.data.prompts import encode_questions
 from rlhf.data.readers import DataError
-from rlhf.data.tables import load_source
+from rlhf.data.tables import is_generated, load_source
 from rlhf.evaluation.metrics import compare, score_answers
 from rlhf.models.loading import load_tokenizer, resolve_model_path
 from rlhf.models.offline import OfflineEngine
@@ -55,12 +55,12 @@ def load_eval_rows(spec: str, cfg: Config) -> tuple[list[dict], dict]:
     """Held-out rows {question, reference, choices, context} and a summary of the source.
 
     Accepts QA files (`answer`, optional `choices`/`context`), prompt files (`reference`) and
-    `gym:<task>` (eval.size questions from eval.seed). Rows without a reference are skipped;
+    `gym:<task>` or `synth:<domain>` (eval.size questions from eval.seed). Rows without a reference are skipped;
     a source with none at all is an error that says what is needed.
     """
     if not spec:
         raise DataError("no evaluation data: pass --data FILE or set eval.data")
-    if spec.startswith("gym:"):
+    if is_generated(spec):
         result = load_source(spec, "prompts", None, cfg.eval.size, cfg.eval.seed)
     else:
         try:

@@ -21,7 +21,7 @@ def test_registry_registers_once_and_names_the_valid_entries():
     reg: Registry = Registry("widget")
     reg.register("a")(1)
     reg.register("b")(2)
-    assert reg["b"] == 2 and reg.names() == ("a", "b") and "a" in reg and len(reg) == 2
+    assert reg["b"] == 2 and reg.names() == ("a", "b") and "a" in reg and "c" not in reg and len(reg) == 2
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(3)
     with pytest.raises(UnknownName, match="unknown widget 'c'; valid: a, b"):

@@ -1,0 +1,125 @@
+"""Generated support-desk QA: `synth:<domain>?split=train|eval` sources, made offline.
+
+Each question carries its context passage (a product sheet), so the answer must be read, not
+remembered: every product is invented, with random facts. Questions are open-ended (a number
+or a word from the sheet), yes/no, or pick-one-of-the-options. The product names are split
+between `train` and `eval` by a hash of the name, so the held-out questions share no product,
+and so no question, with any training question, by construction.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable
+
+from rlhf.data.readers import DataError
+from rlhf.registry import Registry
+
+SYNTHETIC: Registry[Callable[[random.Random], dict]] = Registry("synthetic QA domain")
+"""Domains by name (`synth:<name>`); each draws one {question, reference, type} row."""
+
+SPLITS = ("train", "eval")
+EVAL_SHARE = 4  # one product name in EVAL_SHARE belongs to the eval split
+
+_SYLLABLES = ("ka", "lo", "ven", "tor", "mi", "zu", "ra", "pel", "dax", "ori", "sen", "qui", "bel", "nor", "tas",
+              "fen", "gol", "ix", "umo", "ser")
+_KINDS = ("cordless vacuum", "smart kettle", "e-reader", "air purifier", "desk lamp", "coffee grinder",
+          "wireless speaker", "fitness band", "baby monitor", "robot mower")
+_COLOURS = ("black", "white", "teal", "red", "silver", "yellow", "navy", "green")
+_SYSTEMS = ("Android", "iOS", "Windows", "Linux")
+_CHANNELS = ("email", "chat", "phone")
+
+
+def product_name(rng: random.Random) -> str:
+    base = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+    return f"{base} {rng.choice('ABCDEFGHKMNPRSTVXZ')}{rng.randint(1, 99)}"
+
+
+def split_of(name: str) -> str:
+    return "eval" if zlib.crc32(name.encode()) % EVAL_SHARE == 0 else "train"
+
+
+def _facts(rng: random.Random) -> dict:
+    works = rng.sample(_SYSTEMS, rng.randint(1, 3))
+    return {"kind": rng.choice(_KINDS), "price": rng.randrange(19, 400, 5), "warranty": rng.choice((6, 12, 18, 24, 36)),
+            "battery": rng.randint(2, 40), "returns": rng.choice((14, 30, 45, 60, 90)), "colour": rng.choice(_COLOURS),
+            "works": works, "channel": rng.choice(_CHANNELS)}
+
+
+def _sheet(name: str, f: dict, rng: random.Random) -> str:
+    lines = [f"It costs {f['price']} dollars.", f"It comes with a {f['warranty']}-month warranty.",
+             f"Its battery lasts {f['battery']} hours on a full charge.",
+             f"Unused items can be returned within {f['returns']} days.", f"It is sold in {f['colour']} only.",
+             f"Its app works with {' and '.join(f['works'])}.", f"Support is available by {f['channel']}."]
+    rng.shuffle(lines)
+    article = "an" if f["kind"][0] in "aeiou" else "a"
+    return f"Product sheet: The {name} is {article} {f['kind']}. " + " ".join(lines)
+
+
+def _open(name: str, f: dict, rng: random.Random) -> tuple[str, str]:
+    asks = [(f"How many months of warranty does the {name} come with?", str(f["warranty"])),
+            (f"How much does the {name} cost, in dollars?", str(f["price"])),
+            (f"How many hours does the battery of the {name} last?", str(f["battery"])),
+            (f"Within how many days can the {name} be returned?", str(f["returns"])),
+            (f"In which colour is the {name} sold?", f["colour"]),
+            (f"How can customers reach support for the {name}?", f["channel"])]
+    question, answer = rng.choice(asks)
+    return f"{question} Answer with the value from the sheet only.", answer
+
+
+def _yes_no(name: str, f: dict, rng: random.Random) -> tuple[str, str]:
+    system, colour, months = rng.choice(_SYSTEMS), rng.choice(_COLOURS), rng.choice((6, 12, 18, 24, 36))
+    asks = [(f"Does the app of the {name} work with {system}?", system in f["works"]),
+            (f"Is the {name} sold in {colour}?", colour == f["colour"]),
+            (f"Is the warranty of the {name} longer than {months} months?", f["warranty"] > months)]
+    question, truth = rng.choice(asks)
+    return f"{question} Answer yes or no.", "yes" if truth else "no"
+
+
+def _choice(name: str, f: dict, rng: random.Random) -> tuple[str, str]:
+    if rng.random() < 0.5:
+        options = rng.sample([c for c in _COLOURS if c != f["colour"]], 3) + [f["colour"]]
+        question, answer = f"Which colour is the {name} sold in?", f["colour"]
+    else:
+        options = rng.sample([c for c in _CHANNELS if c != f["channel"]], 2) + [f["channel"]]
+        question, answer = f"How can customers reach support for the {name}?", f["channel"]
+    rng.shuffle(options)
+    return f"{question} Options: {', '.join(options)}. Answer with one of the options.", answer
+
+
+_ASKERS = {"open": _open, "yes_no": _yes_no, "choice": _choice}
+
+
+@SYNTHETIC.register("support")
+def support_question(rng: random.Random, split: str = "train") -> dict:
+    """One product-sheet question of the given split: open, yes/no or multiple choice."""
+    name = product_name(rng)
+    while split_of(name) != split:
+        name = product_name(rng)
+    facts = _facts(rng)
+    kind = rng.choice(tuple(_ASKERS))
+    question, answer = _ASKERS[kind](name, facts, rng)
+    return {"question": f"{_sheet(name, facts, rng)}\n\n{question}", "reference": answer, "type": kind}
+
+
+def parse_synthetic(spec: str) -> tuple[str, str]:
+    """`support?split=eval` -> ("support", "eval"), or a DataError naming what is valid."""
+    name, _, query = spec.partition("?")
+    options = dict(part.partition("=")[::2] for part in filter(None, query.split("&")))
+    unknown = sorted(set(options) - {"split"})
+    if name not in SYNTHETIC:
+        raise DataError(f"synth:{spec}: unknown domain '{name}'; valid: {', '.join(SYNTHETIC)}")
+    if unknown:
+        raise DataError(f"synth:{spec}: unknown option(s) {', '.join(unknown)}; valid: split")
+    split = options.get("split", "train")
+    if split not in SPLITS:
+        raise DataError(f"synth:{spec}: split must be one of {', '.join(SPLITS)}, got '{split}'")
+    return name, split
+
+
+def synthetic_rows(spec: str, size: int, seed: int) -> list[dict]:
+    """`size` rows {question, reference, type} of `synth:<spec>`, the same for the same seed."""
+    name, split = parse_synthetic(spec)
+    rng = random.Random(f"{name}/{split}/{seed}")
+    return [SYNTHETIC[name](rng, split) for _ in range(size)]

@@ -174,11 +174,13 @@ def _model_passes(gen, base_gen, questions, cfg, timings):
     return extra, base_extra, kl
 
 
-def evaluate(model: str, data: str, out_dir: str | Path, cfg: Config, baseline: str | None = None) -> dict:
+def evaluate(model: str, data: str, out_dir: str | Path, cfg: Config, baseline: str | None = None,
+             answers: dict | None = None) -> dict:
     """Evaluate `model` (and optionally `baseline`) on held-out questions; write the report.
 
     Returns the report dict (the content of report.json): the aggregates of METRICS, `n`,
     `ci95`, and with a baseline also `baseline`, `diff`, `win_rate`, `kl_to_baseline`.
+    `answers`, when given, receives each model's answers by resolved path (for the ladder).
     """
     from rlhf.evaluation.report import clean_json, write_report
 
@@ -196,6 +198,8 @@ def evaluate(model: str, data: str, out_dir: str | Path, cfg: Config, baseline: 
         elif base_path:
             shared = same_vocabulary(model_path, base_path)  # else the KL is not defined
             base_gen = generate_answers(base_path, questions, cfg, also_score=gen if shared else None)
+    if answers is not None:
+        answers.update({model_path: gen.answers, **({base_path: base_gen.answers} if base_gen else {})})
     extra, base_extra, kl = _model_passes(gen, base_gen, questions, cfg, timings)
     n_boot, seed = cfg.eval.bootstrap, cfg.eval.seed
     model_q, agg = score_answers(rows, gen.answers, gen.n_tokens, extra, n_boot, seed)

@@ -120,7 +120,9 @@ def run_eval(p: Pipeline, folder: Path):
     from rlhf.evaluation.heldout import evaluate
 
     final = p.current_policy()
-    report = evaluate(final, p.cfg.eval.data, folder, p.cfg, baseline=p.base_model)
+    answers: dict = {}
+    report = evaluate(final, p.cfg.eval.data, folder, p.cfg, baseline=p.base_model, answers=answers)
+    ladder = _ladder(p, folder, answers)
     diff = report["diff"]["accuracy"]
     summary = {
         "heldout_accuracy_before": report["baseline"]["accuracy"],
@@ -135,6 +137,7 @@ def run_eval(p: Pipeline, folder: Path):
         # Per training stage: held-out questions found in its inputs (0) and dropped from them.
         "heldout_overlap": _per_stage(p, "heldout_overlap"),
         "heldout_dropped": _per_stage(p, "heldout_dropped"),
+        "ladder": ladder,
     }
     (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return folder / "report.json", summary
@@ -142,3 +145,22 @@ def run_eval(p: Pipeline, folder: Path):
 
 def _per_stage(p: Pipeline, key: str) -> dict:
     return {s: a.manifest["metrics"][key] for s, a in p.artifacts.items() if key in a.manifest.get("metrics", {})}
+
+
+def _ladder(p: Pipeline, folder: Path, answers: dict) -> list[dict]:
+    """Base and every model-producing stage that ran, on the eval set (rlhf/evaluation/ladder.py);
+    the table and plot go into report.md."""
+    from rlhf.evaluation.heldout import load_eval_rows
+    from rlhf.evaluation.ladder import build_ladder, ladder_answers, ladder_markdown, plot_ladder
+    from rlhf.models.loading import resolve_model_path
+
+    rungs = [("base", p.base_model)] + [
+        (s, resolve_model_path(str(p.artifacts[s].output))) for s in PIPELINE_STAGES.names()
+        if PIPELINE_STAGES[s].produces_policy and s in p.artifacts and s in p.cfg.pipeline.stages]
+    rows, _ = load_eval_rows(p.cfg.eval.data, p.cfg)
+    ladder = build_ladder(rungs, rows, ladder_answers(rungs, rows, p.cfg, answers), p.cfg.eval.bootstrap,
+                          p.cfg.eval.seed)
+    plot_ladder(ladder, folder / "ladder.png")
+    report = folder / "report.md"
+    report.write_text(report.read_text() + "\n" + ladder_markdown(ladder))
+    return ladder

@@ -66,6 +66,14 @@ def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     # The evaluation questions were dropped from every training stage's inputs, none left.
     assert summary["heldout_overlap"] == {"sft": 0, "pairs": 0, "rm": 0, "rl": 0}, summary
     assert summary["heldout_dropped"]["sft"] > 0 and summary["heldout_dropped"]["rl"] > 0, summary
+    # The ladder: base, SFT and RL on the same questions; the last rung is the reported "after".
+    ladder = summary["ladder"]
+    assert [r["stage"] for r in ladder] == ["base", "sft", "rl"]
+    assert all(r["n"] == summary["heldout_questions"] for r in ladder)
+    assert ladder[0]["diff_vs_previous"] is None and len(ladder[2]["diff_vs_previous_ci95"]) == 2
+    assert ladder[-1]["accuracy"] == pytest.approx(summary["heldout_accuracy_after"])
+    assert ladder[0]["accuracy"] == pytest.approx(summary["heldout_accuracy_before"])
+    assert "## Ladder" in (run_dir / "eval" / "report.md").read_text() and (run_dir / "eval" / "ladder.png").is_file()
     for stage in ("sft", "pairs", "rm", "rl", "eval"):
         manifest = json.loads((run_dir / stage / "manifest.json").read_text())
         assert manifest["inputs"] and manifest["output_hash"] and manifest["seconds"] >= 0

@@ -41,6 +41,7 @@ from rlhf.data.prompts import encode_questions
 from rlhf.data.readers import DataError
 from rlhf.data.tables import is_generated, load_source
 from rlhf.evaluation.metrics import compare, score_answers
+from rlhf.evaluation.relevance import SentenceEncoder, perplexities, similarities
 from rlhf.models.loading import load_tokenizer, resolve_model_path
 from rlhf.models.offline import OfflineEngine
 
@@ -150,7 +151,17 @@ def _mean_or_none(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _model_passes(gen, base_gen, questions, cfg, timings):
+def _relevance(extra: dict, base_extra: dict, gen, base_gen, questions, references) -> None:
+    encoder = SentenceEncoder()
+    for out, answers in ((extra, gen), (base_extra, base_gen)):
+        if answers is not None:
+            out["relevance"] = similarities(encoder, answers.answers, questions)
+            out["reference_similarity"] = similarities(encoder, answers.answers, references)
+    del encoder
+    gc.collect()
+
+
+def _model_passes(gen, base_gen, questions, references, cfg, timings):
     """Logprobs (coherence, KL; from the engines) and reward-model scores
     -> (extra, base_extra, kl or None)."""
     dtype = cfg.model.dtype
@@ -159,8 +170,12 @@ def _model_passes(gen, base_gen, questions, cfg, timings):
     kl = None
     if base_gen is not None:
         base_extra["logprob"] = [_mean_or_none(lp) for lp in base_gen.logprobs]
+        base_extra["perplexity_base"] = perplexities(base_gen.logprobs)
         if base_gen.scored is not None:  # the model's answers under the baseline
             kl = [sum(m) - sum(b) for m, b in zip(gen.logprobs, base_gen.scored)]
+            extra["perplexity_base"] = perplexities(base_gen.scored)
+    with _timer(timings, "relevance"):
+        _relevance(extra, base_extra, gen, base_gen, questions, references)
     if cfg.eval.reward_model:
         from rlhf.models.scorer import RewardModelScorer
 
@@ -200,7 +215,8 @@ def evaluate(model: str, data: str, out_dir: str | Path, cfg: Config, baseline: 
             base_gen = generate_answers(base_path, questions, cfg, also_score=gen if shared else None)
     if answers is not None:
         answers.update({model_path: gen.answers, **({base_path: base_gen.answers} if base_gen else {})})
-    extra, base_extra, kl = _model_passes(gen, base_gen, questions, cfg, timings)
+    references = [str(r["reference"]) for r in rows]
+    extra, base_extra, kl = _model_passes(gen, base_gen, questions, references, cfg, timings)
     n_boot, seed = cfg.eval.bootstrap, cfg.eval.seed
     model_q, agg = score_answers(rows, gen.answers, gen.n_tokens, extra, n_boot, seed)
     result = {**agg, "model": model_path, "data": info, "max_new_tokens": cfg.eval.max_new_tokens,

@@ -92,6 +92,11 @@ def _choice(row: dict, answer: str, n_tokens: int | None) -> float | None:
 
 METRICS.register("rm_score")(Metric("reward-model score of the answer (with eval.reward_model)", "higher"))
 METRICS.register("logprob")(Metric("mean token logprob of the answer under the model", "higher"))
+# Model-based (rlhf/evaluation/relevance.py), filled in by the evaluation:
+METRICS.register("relevance")(Metric("cosine similarity of the answer to the question (MiniLM embeddings)", "higher"))
+METRICS.register("reference_similarity")(Metric("cosine similarity of the answer to the reference (MiniLM)",
+                                                "higher"))
+METRICS.register("perplexity_base")(Metric("perplexity of the answer under the base model (coherence)", "lower"))
 
 
 @metric("length", "answer length in tokens (whitespace words without a tokenizer)", better=None)

@@ -115,13 +115,16 @@ def run_rl(p: Pipeline, folder: Path):
                                "steps": len(rows), **_heldout(dropped)}
 
 
-@stage("eval", ("eval", "model"), upstream=("sft", "dpo", "rl"))
+@stage("eval", ("eval", "model"), upstream=("sft", "dpo", "rl", "rm"))
 def run_eval(p: Pipeline, folder: Path):
     from rlhf.evaluation.heldout import evaluate
 
     final = p.current_policy()
     answers: dict = {}
-    report = evaluate(final, p.cfg.eval.data, folder, p.cfg, baseline=p.base_model, answers=answers)
+    cfg = p.cfg
+    if "rm" in cfg.pipeline.stages and not cfg.eval.reward_model:  # helpfulness: the pipeline's own RM
+        cfg = p.stage_config(eval=dataclasses.replace(cfg.eval, reward_model=str(p.need("eval", "rm").output)))
+    report = evaluate(final, cfg.eval.data, folder, cfg, baseline=p.base_model, answers=answers)
     ladder = _ladder(p, folder, answers)
     diff = report["diff"]["accuracy"]
     summary = {

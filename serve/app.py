@@ -38,12 +38,12 @@ from starlette.exceptions import HTTPException
 from rlhf.config.tree import from_dict
 from rlhf.human.feedback import FeedbackError, FeedbackStore
 from rlhf.human.review_store import ReviewError, ReviewStore
+from rlhf.safety.guard import Guard
 from rlhf.safety.guard_rules import Decision
 from serve import metrics, review_api
 from serve.answers import Answer, Job, StreamFormat, answer_record, new_id
 from serve.auth import KeyChecker
 from serve.engine import Completion, QAEngine
-from serve.guardrails import Guard
 from serve.openai_api import (
     SSE_DONE,
     ApiError,
@@ -129,7 +129,7 @@ class QAServer:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         ids = self.engine.encode_chat(messages)
         users = [m["content"] for m in messages if m["role"] == "user"]
-        job = Job(new_id("chatcmpl"), "chat", users[-1], "\n".join(users), ids,
+        job = Job(new_id("chatcmpl"), "chat", users[-1], [m["content"] for m in messages], ids,
                   self.engine.sampling(req, len(ids), "messages"), messages)
         if req.stream:
             return self._sse(self._stream(job, "chat", req.stream_options))
@@ -142,7 +142,7 @@ class QAServer:
         req = await self._parse(request, CompletionRequest)
         self._check_model(req.model)
         ids = self.engine.encode_text(req.prompt)
-        job = Job(new_id("cmpl"), "completions", req.prompt, req.prompt, ids,
+        job = Job(new_id("cmpl"), "completions", req.prompt, [req.prompt], ids,
                   self.engine.sampling(req, len(ids), "prompt"))
         if req.stream:
             return self._sse(self._stream(job, "completions", req.stream_options))
@@ -156,7 +156,7 @@ class QAServer:
         if req.stream:
             raise ApiError(400, "/ask does not stream; use /v1/chat/completions with stream: true", param="stream")
         ids = self.engine.encode_question(req.question)
-        job = Job(new_id("ans"), "ask", req.question, req.question, ids,
+        job = Job(new_id("ans"), "ask", req.question, [req.question], ids,
                   self.engine.sampling(req, len(ids), "question", temperature=self.s.ask_temperature))
         ans = await self._answer(job)
         out = {"id": job.id, "answer": ans.text, "finish_reason": ans.finish_reason}
@@ -247,7 +247,7 @@ class QAServer:
 
     async def _answer(self, job: Job) -> Answer:
         """Input guard, engine, output guard, record: the whole non-streamed request."""
-        verdict = await self._guard(self.guard.check_input, job.guard_text, self.guard.input_model)
+        verdict = await self._guard(self.guard.check_turns, job.guard_turns, self.guard.input_model)
         if not verdict.allowed:
             return await self._refuse(job, [verdict])
         gen = await self.engine.generate(job.ids, job.params, job.id)
@@ -262,7 +262,7 @@ class QAServer:
         """SSE events of one streamed answer. Rules check the growing text; a hit ends the stream
         with finish_reason content_filter. The output classifier judges the finished text."""
         fmt = StreamFormat(job.id, self.s.model_name, kind)
-        verdict = await self._guard(self.guard.check_input, job.guard_text, self.guard.input_model)
+        verdict = await self._guard(self.guard.check_turns, job.guard_turns, self.guard.input_model)
         if not verdict.allowed:
             ans = await self._refuse(job, [verdict])
             yield fmt.delta(ans.text)
@@ -323,7 +323,7 @@ class QAServer:
             raise ApiError(404, f"model '{name}' does not exist; this server serves '{self.s.model_name}'",
                            param="model", code="model_not_found")
 
-    async def _guard(self, check, text: str, classifier) -> Decision:
+    async def _guard(self, check, text, classifier) -> Decision:
         # Rules are microseconds; a classifier forward pass runs off the event loop.
         return await asyncio.to_thread(check, text) if classifier is not None else check(text)
 

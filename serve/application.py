@@ -10,6 +10,9 @@ from pathlib import Path
 
 from rlhf.config.tree import Config, load_config
 from rlhf.config.typed_yaml import ConfigError, to_dict
+from rlhf.redteam.guard_train import resolve_guard
+from rlhf.safety.guard import is_guard_folder
+from rlhf.safety.guard_rules import GUARD_RULES
 from serve.app import QAServer
 
 
@@ -37,10 +40,11 @@ def check_serve_config(cfg: Config) -> None:
     need(len(keys) == len(set(keys)), "reviewer_keys", "two reviewers share a key; the key says who reviews")
     for name in ("input_guard", "output_guard"):
         folder = getattr(s, name)
-        need(not folder or (Path(folder) / "config.json").is_file(), name,
-             f"{folder} is not a classifier folder (train one with `rlhf guard train`)")
-    unknown = set(s.guard_rules) - {"length", "injection", "pii"}
-    need(not unknown, "guard_rules", f"unknown rule(s) {sorted(unknown)}; valid: length, injection, pii")
+        need(not folder or folder == "default" or is_guard_folder(folder), name,
+             f"{folder} is not a guard classifier folder (train one with `rlhf guard train`; `default` is the "
+             "shipped pair, \"\" turns it off)")
+    unknown = set(s.guard_rules) - set(GUARD_RULES)
+    need(not unknown, "guard_rules", f"unknown rule(s) {sorted(unknown)}; valid: {', '.join(GUARD_RULES)}")
 
 
 def deployment_options(cfg: Config) -> dict:
@@ -59,6 +63,13 @@ def deployment_options(cfg: Config) -> dict:
     return opts
 
 
+def _guard_folder(spec: str, side: str) -> str:
+    """An absolute classifier folder; `default` is trained into the cache if it is not there yet."""
+    if not spec:
+        return ""
+    return str(Path(resolve_guard(spec, side)).expanduser().resolve())
+
+
 def app_for(model: str, cfg: Config):
     """The bound Serve application for a model spec (folder, `tiny`, `smollm2`) and a config.
 
@@ -69,8 +80,8 @@ def app_for(model: str, cfg: Config):
     s = dataclasses.replace(
         cfg.serve,
         feedback_db=str(Path(cfg.serve.feedback_db).expanduser().resolve()),
-        input_guard=str(Path(cfg.serve.input_guard).expanduser().resolve()) if cfg.serve.input_guard else "",
-        output_guard=str(Path(cfg.serve.output_guard).expanduser().resolve()) if cfg.serve.output_guard else "")
+        input_guard=_guard_folder(cfg.serve.input_guard, "input"),
+        output_guard=_guard_folder(cfg.serve.output_guard, "output"))
     cfg = dataclasses.replace(cfg, serve=s)
     check_serve_config(cfg)
     model_path = resolve_model_path(model)

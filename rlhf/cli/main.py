@@ -12,6 +12,7 @@ from rlhf.cli.common import CONFIG_ARG, OVERRIDES_ARG, console, fail, load, out,
 from rlhf.cli.data import data_app, models_app
 from rlhf.cli.jobs import jobs_app, submit
 from rlhf.cli.review import review_app, round_command
+from rlhf.cli.safety import guard_app, redteam
 from rlhf.config.tree import field_docs, load_config
 from rlhf.config.typed_yaml import ConfigError
 from rlhf.data.readers import DataError
@@ -170,6 +171,12 @@ def pipeline(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_
                       f"{s['heldout_accuracy_diff']:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]")
         out.print(table)
         out.print(f"report: {s['report']}\nfinal model: {s['final_model']}\nsummary: {summary_path}", soft_wrap=True)
+        if s.get("releasable") is False:
+            from rlhf.redteam.report import failures
+
+            console.print(f"[bold red]not releasable:[/] the red-team gate failed: {escape(failures(s['redteam']))}",
+                          soft_wrap=True)
+            raise typer.Exit(3)
 
 
 @app.command()
@@ -199,38 +206,10 @@ def serve(
         fail(str(exc))
 
 
-guard_app = typer.Typer(help="Guardrail classifiers of the QA endpoint.", no_args_is_help=True)
-app.add_typer(guard_app, name="guard")
+app.add_typer(guard_app, name="guard")  # rlhf/cli/safety.py
+app.command()(redteam)
 app.add_typer(review_app, name="review")  # the review queue and agreement (rlhf/cli/review.py)
 app.command("round")(round_command)  # one human-in-the-loop training round
-
-
-@guard_app.command("train")
-def guard_train(
-    out_dir: Path | None = typer.Option(None, "--out",
-                                        help="Folder for input/ and output/ (default $RLHF_CACHE/guard)."),
-    data_dir: Path | None = typer.Option(
-        None, help="Folder with prompts.jsonl and answers.jsonl (default: the shipped set)."),
-    epochs: int = typer.Option(6, help="Passes over the training rows."),
-) -> None:
-    """Train the input and output guard classifiers (MiniLM, safe/unsafe) on labelled examples."""
-    from rlhf.models.paths import cache_dir
-    from serve.guard_train import DATA_DIR, train_guards
-
-    target = out_dir or cache_dir() / "guard"
-    with console.status("training guard classifiers on CPU"):
-        try:
-            reports = train_guards(target, data_dir or DATA_DIR, epochs=epochs)
-        except (OSError, ValueError) as exc:
-            fail(str(exc))
-    table = Table(title="guard classifiers")
-    for col in ("guard", "rows", "train acc", "held-out acc", "seconds"):
-        table.add_column(col, justify="left" if col == "guard" else "right")
-    for name, r in reports.items():
-        table.add_row(name, str(r["rows"]), f"{r['train_accuracy']:.2f}", f"{r['val_accuracy']:.2f}", str(r["seconds"]))
-    out.print(table)
-    out.print(f"set serve.input_guard={target / 'input'} serve.output_guard={target / 'output'}",
-              soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()

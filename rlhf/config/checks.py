@@ -25,6 +25,7 @@ CHOICES: dict[str, str | tuple[str, ...]] = {
     "review.promote_metric": "rlhf.evaluation.metrics:METRICS",
     "serve.guard_rules": "rlhf.safety.guard_rules:GUARD_RULES",
     "pipeline.stages": "rlhf.pipeline.stages:PIPELINE_STAGES",
+    "redteam.suites": "rlhf.redteam.attacks:SUITES",
     "model.dtype": ("float32", "bfloat16"),  # `auto` is settled before the checks run
     "model.attention": ("auto", "eager", "sdpa", "flash_attention_2"),
     "rollout.weight_sync": ("auto", "shm", "object_store"),

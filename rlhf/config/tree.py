@@ -28,7 +28,15 @@ from rlhf.config.training import (
     TrainConfig,
 )
 from rlhf.config.typed_yaml import ConfigError, parse_overrides, to_yaml
-from rlhf.config.workflow import EvalConfig, FinetuneConfig, PipelineConfig, ReviewConfig, ServeConfig, TuneConfig
+from rlhf.config.workflow import (
+    EvalConfig,
+    FinetuneConfig,
+    PipelineConfig,
+    RedteamConfig,
+    ReviewConfig,
+    ServeConfig,
+    TuneConfig,
+)
 
 
 @dataclass
@@ -67,6 +75,8 @@ class Config:
     """The end-to-end pipeline."""
     review: ReviewConfig = field(default_factory=ReviewConfig)
     """Human review: the review queue and training rounds that learn from it."""
+    redteam: RedteamConfig = field(default_factory=RedteamConfig)
+    """Red teaming and the release gate."""
 
 
 # ----------------------------------------------------------------------------- building

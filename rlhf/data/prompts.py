@@ -36,6 +36,15 @@ def render_prompt(tokenizer, question: str, system_prompt: str = "", chat_templa
     return f"Question: {question}\nAnswer:"
 
 
+def render_chat(tokenizer, messages: list[dict], chat_template: bool = True) -> str:
+    """A whole conversation (system, user, assistant turns) as the policy sees it; without a chat
+    template, earlier turns as "Role: text" lines, then the last user turn as a question."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages[:-1]]
+    return "\n".join([*lines, render_prompt(tokenizer, messages[-1]["content"], chat_template=False)])
+
+
 def encode_prompt(tokenizer, text: str, max_tokens: int) -> list[int]:
     ids = tokenizer(text, add_special_tokens=False).input_ids
     return ids[-max_tokens:]  # keep the end: the question and the assistant header

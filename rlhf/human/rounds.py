@@ -82,6 +82,15 @@ def decide(metric: str, value: float | None, best: dict, tolerance: float) -> tu
     return ok, f"{metric} {value:.4f} is {relation} {best_value:.4f} of round {best['round']} (tolerance {tolerance:g})"
 
 
+def gate_decision(ok: bool, decision: str, gate: dict | None) -> tuple[bool, str]:
+    """The metric decision, overruled by a failed red-team gate (None: no red teaming)."""
+    if gate is None or gate["passed"]:
+        return ok, decision if gate is None else f"{decision}; red-team gate passed"
+    from rlhf.redteam.report import failures
+
+    return False, f"{decision}; not promoted: the red-team gate failed ({failures(gate)})"
+
+
 def validation_spec(cfg: Config) -> dict:
     e = cfg.eval
     return {"data": e.data, "size": e.size, "seed": e.seed, "max_new_tokens": e.max_new_tokens,
@@ -111,8 +120,11 @@ def run_round(cfg: Config, run_training: Callable | None = None, log: Callable[[
     model, training = retrain(cfg, best["model"], exported, folder, run_training, log)
     log(f"[round {n}] evaluating {model} on {cfg.eval.data}")
     result = _evaluate(cfg, model, folder / "eval")
+    gate = _redteam(cfg, model, folder / "redteam", log) if cfg.review.redteam else None
     agreement = _agreement(cfg)
     report = _report(cfg, n, str(model), result, best, past[-1], exported, training, agreement)
+    report["promoted"], report["decision"] = gate_decision(report["promoted"], report["decision"], gate)
+    report["redteam"] = gate
     report["seconds"] = round(time.perf_counter() - started, 1)
     _write(folder, report, history=past + [report])
     verdict = "promoted" if report["promoted"] else "kept, not promoted"
@@ -159,6 +171,14 @@ def _evaluate(cfg: Config, model: str | Path, out: Path) -> dict:
     from rlhf.evaluation.heldout import evaluate
 
     return evaluate(str(model), cfg.eval.data, out, cfg)
+
+
+def _redteam(cfg: Config, model: str | Path, out: Path, log: Callable[[str], None]) -> dict:
+    """The round's model attacked behind the serve guardrails; returns the gate."""
+    from rlhf.redteam.run import model_target, run_redteam
+
+    log(f"[round] red-teaming {model}")
+    return run_redteam(model_target(str(model), cfg), cfg, out, log=log)["gate"]
 
 
 def _metrics(result: dict) -> dict:

@@ -142,8 +142,31 @@ def run_eval(p: Pipeline, folder: Path):
         "heldout_dropped": _per_stage(p, "heldout_dropped"),
         "ladder": ladder,
     }
-    (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _update_summary(p, summary, keep=("releasable", "redteam"))  # a skipped redteam stage's verdict stands
     return folder / "report.json", summary
+
+
+def _update_summary(p: Pipeline, fields: dict, keep: tuple[str, ...] = ()) -> None:
+    """Write `fields` into run_dir/summary.json; `keep` names old fields that survive."""
+    path = p.run_dir / "summary.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**{k: old[k] for k in keep if k in old}, **fields} if keep else {**old, **fields},
+                               indent=2))
+
+
+@stage("redteam", ("redteam", "serve", "model"), upstream=("sft", "dpo", "rl"))
+def run_redteam_stage(p: Pipeline, folder: Path):
+    """Attack the final policy behind the serve guardrails; the gate decides `releasable`."""
+    from rlhf.redteam.run import model_target, run_redteam
+
+    report = run_redteam(model_target(p.current_policy(), p.cfg), p.cfg, folder, log=p.log)
+    verdict = {"passed": report["gate"]["passed"], "failed": report["gate"]["failed"],
+               "categories": {k: v["attack_success"] for k, v in report["categories"].items()},
+               "over_refusal": (report["over_refusal"] or {}).get("rate"),
+               "bias_consistency": {k: v["consistency"] for k, v in report["bias_consistency"].items()},
+               "robustness_drop": report["robustness_drop"], "report": str(folder / "report.md")}
+    _update_summary(p, {"releasable": report["gate"]["passed"], "redteam": verdict})
+    return folder / "report.json", verdict
 
 
 def _per_stage(p: Pipeline, key: str) -> dict:

@@ -1,5 +1,5 @@
 """Rule checks of the guardrails, registered by name (`serve.guard_rules`), and the Decision every
-check returns. Pure text functions: the endpoint (serve/guardrails.py) runs them before its
+check returns. Pure text functions: the Guard (rlhf/safety/guard.py) runs them before its
 classifiers, and evaluation can run them offline.
 
 - `length`: a question or conversation over `serve.max_prompt_chars` characters (input).

@@ -1,0 +1,167 @@
+"""Train the guard classifiers (`rlhf guard train`): a logistic head on frozen all-MiniLM-L6-v2
+sentence embeddings, in well under a minute on two CPU cores.
+
+Input guard rows (label 1 = unsafe):
+  - unsafe: the guard half of the attack material (rlhf/redteam): harmful requests from the
+    public corpus and the project's own list, jailbreak framings and in-the-wild jailbreak
+    prompts around them, injections direct and hidden in passages, system-prompt extraction;
+  - safe: the guard half of the benign look-alikes ("how do I kill a stuck process"), support
+    questions (synth:support), and the shipped hand-written rows (guard_data/prompts.jsonl).
+Output guard rows: guard_data/answers.jsonl.
+
+The red-team half never reaches these rows: `rlhf.redteam.split.assert_disjoint` checks it
+before training. A fifth of the rows, picked by a hash of the text, is held out and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent / "guard_data"
+LABELS = {"safe": 0, "unsafe": 1}
+ENCODER = "minilm"
+
+
+def load_examples(path: Path) -> list[tuple[str, int]]:
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("label") not in LABELS or not isinstance(row.get("text"), str):
+            raise ValueError(f"{path}:{lineno}: expected {{text, label: safe|unsafe}}, got {row}")
+        rows.append((row["text"], LABELS[row["label"]]))
+    return rows
+
+
+def input_rows(data_dir: Path = DATA_DIR, support_questions: int = 300) -> list[tuple[str, int]]:
+    """The input guard's training rows, checked disjoint from the red-team set."""
+    from rlhf.data.synthetic import synthetic_rows
+    from rlhf.redteam import corpus
+    from rlhf.redteam.attacks import guard_side, harmful_payloads
+    from rlhf.redteam.corpus import jailbreak_prompts
+    from rlhf.redteam.split import GUARD, pick
+
+    rows = [(a.messages[-1]["content"], int(a.suite != "benign")) for a in guard_side(n=200)]
+    rows += [(p, 1) for p in harmful_payloads(GUARD)]
+    rows += [(p, 1) for p in pick(jailbreak_prompts(), GUARD)]
+    rows += [(r["question"], 0) for r in synthetic_rows("support", support_questions, 0)]
+    rows += [(q, 0) for q in everyday_questions()]
+    rows += [(p, 0) for p in corpus.answerable_questions()]
+    rows += load_examples(data_dir / "prompts.jsonl")
+    check_disjoint([t for t, _ in rows])
+    return rows
+
+
+def everyday_questions() -> list[str]:
+    """Every everyday task in every frame, the knowledge questions, both again with an asker, and
+    operators' system prompts."""
+    from rlhf.data.gym import gym_entries
+    from rlhf.redteam.attacks import material
+
+    e = material()["everyday"]
+    sums = [row["question"] for row in gym_entries("basic_arithmetic", 120, 0)]
+    plain = [f.replace("{task}", t) for t in e["tasks"] for f in e["frames"]] + e["knowledge"] + sums
+    asked = []
+    for i, q in enumerate(plain):  # each question once more, with someone asking it
+        asker = e["askers"][i % len(e["askers"])]
+        asked.append(asker.replace("{question}", q).replace("{name}", e["names"][i % len(e["names"])]))
+    parts = e["system_parts"]
+    systems = [f"You are {r} for {c}. {s}" for i, r in enumerate(parts["roles"]) for j, c in enumerate(parts["companies"])
+               for s in parts["styles"][(i + j) % 3::3]]
+    return plain + asked + e["system_prompts"] + systems
+
+
+def check_disjoint(texts: list[str]) -> int:
+    """No red-team payload, benign question or template text among `texts`."""
+    from rlhf.redteam.attacks import harmful_payloads, material
+    from rlhf.redteam.corpus import jailbreak_prompts, system_prompt_attacks
+    from rlhf.redteam.split import REDTEAM, assert_disjoint, pick
+
+    m = material()
+    attacks = harmful_payloads(REDTEAM) + pick(jailbreak_prompts() + system_prompt_attacks(), REDTEAM)
+    attacks += m["benign"][REDTEAM] + m["system_prompt"][REDTEAM]
+    for section in ("injection", "indirect", "hidden_instructions", "jailbreak"):  # template text up to a slot
+        attacks += [t.split("{")[0] for t in m[section][REDTEAM]]
+    return assert_disjoint(texts, attacks)
+
+
+def _held_out(text: str, fraction: float) -> bool:
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+def _fit(x, y, steps: int = 300, lr: float = 0.5, l2: float = 1e-3):
+    """Class-balanced logistic regression by full-batch gradient descent (LBFGS)."""
+    import torch
+
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    pos = float(y.sum())
+    weight = torch.where(y > 0, (len(y) - pos) / max(pos, 1.0), torch.tensor(1.0))
+    opt = torch.optim.LBFGS([w, b], lr=lr, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, weight=weight) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def _accuracy(w, b, x, y) -> float:
+    return float(((x @ w + b > 0).float() == y).float().mean()) if len(y) else float("nan")
+
+
+def train_guard(rows: list[tuple[str, int]], out: Path, source: str, val_fraction: float = 0.2) -> dict:
+    """Fit the head on `rows`; write out/head.safetensors and out/guard.json; return the report."""
+    import torch
+    from safetensors.torch import save_file
+
+    from rlhf.evaluation.relevance import SentenceEncoder
+    from rlhf.safety.guard import HEAD_FILE, META_FILE
+
+    started = time.perf_counter()
+    encoder = SentenceEncoder(ENCODER)
+    x = encoder([t for t, _ in rows])
+    y = torch.tensor([float(label) for _, label in rows])
+    val = torch.tensor([_held_out(t, val_fraction) for t, _ in rows])
+    w, b = _fit(x[~val], y[~val])
+    report = {"data": source, "rows": len(rows), "unsafe_rows": int(y.sum()), "train_rows": int((~val).sum()),
+              "val_rows": int(val.sum()), "train_accuracy": _accuracy(w, b, x[~val], y[~val]),
+              "val_accuracy": _accuracy(w, b, x[val], y[val])}
+    w, b = _fit(x, y)  # the shipped head sees every row
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"weight": w.contiguous(), "bias": b.reshape(())}, out / HEAD_FILE)
+    report.update(encoder=ENCODER, seconds=round(time.perf_counter() - started, 2))
+    (out / META_FILE).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def train_guards(out_dir: Path, data_dir: Path = DATA_DIR) -> dict[str, dict]:
+    """The input guard into out_dir/input and the output guard into out_dir/output."""
+    out_dir = Path(out_dir)
+    return {"input": train_guard(input_rows(data_dir), out_dir / "input", "attack corpus (guard half) + "
+                                 f"{data_dir / 'prompts.jsonl'}"),
+            "output": train_guard(load_examples(data_dir / "answers.jsonl"), out_dir / "output",
+                                  str(data_dir / "answers.jsonl"))}
+
+
+def default_guards() -> dict[str, Path]:
+    """$RLHF_CACHE/guard/{input,output}, trained once (set-up does it; else on first use)."""
+    from rlhf.safety.guard import default_folder, is_guard_folder
+
+    folders = {side: default_folder(side) for side in ("input", "output")}
+    if not all(is_guard_folder(f) for f in folders.values()):
+        train_guards(folders["input"].parent)
+    return folders
+
+
+def resolve_guard(spec: str, side: str) -> str:
+    """`default` -> the default classifier's folder, trained first if it is missing; else spec."""
+    return str(default_guards()[side]) if spec == "default" else spec

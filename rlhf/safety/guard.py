@@ -1,0 +1,125 @@
+"""Guardrails on the way in (every chat turn) and out (answers): rule checks, then classifiers.
+
+Rules (chosen by `serve.guard_rules`) live in rlhf/safety/guard_rules.py.
+
+Classifiers (`serve.input_guard` / `serve.output_guard`; `default` is the pair
+rlhf/redteam/guard_train.py trains into $RLHF_CACHE/guard, "" turns one off): a
+logistic head on all-MiniLM-L6-v2 sentence embeddings; a text is blocked when its unsafe
+probability exceeds `serve.guard_threshold`.
+
+Every check returns a Decision, allowed or not; the endpoint logs every one, and red teaming
+(rlhf/redteam) runs the same Guard in front of a model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from rlhf.config.workflow import ServeConfig
+from rlhf.registry import UnknownName
+from rlhf.safety.guard_rules import GUARD_RULES, Decision
+
+HEAD_FILE, META_FILE = "head.safetensors", "guard.json"
+
+
+def is_guard_folder(folder: str | Path) -> bool:
+    return (Path(folder) / HEAD_FILE).is_file() and (Path(folder) / META_FILE).is_file()
+
+
+class GuardClassifier:
+    """Unsafe probability of texts: sigmoid(w · embedding + b) on the CPU."""
+
+    def __init__(self, folder: str | Path):
+        import torch
+        from safetensors.torch import load_file
+
+        from rlhf.evaluation.relevance import SentenceEncoder
+
+        folder = Path(folder)
+        if not is_guard_folder(folder):
+            raise FileNotFoundError(f"{folder}: not a guard classifier folder (no {HEAD_FILE} and {META_FILE}); "
+                                    "train one with `rlhf guard train`")
+        self.meta = json.loads((folder / META_FILE).read_text())
+        head = load_file(folder / HEAD_FILE)
+        self.weight, self.bias = head["weight"], head["bias"]
+        self.encoder = SentenceEncoder(self.meta["encoder"])
+        self.torch = torch
+        self._lock = threading.Lock()  # one forward pass at a time keeps torch threads sane
+
+    def unsafe_probability(self, texts: list[str]) -> list[float]:
+        with self._lock, self.torch.inference_mode():
+            emb = self.encoder(texts)
+            return self.torch.sigmoid(emb @ self.weight + self.bias).tolist()
+
+
+def default_folder(side: str) -> Path:
+    """Where the default input or output classifier lives ($RLHF_CACHE/guard/<side>)."""
+    from rlhf.models.paths import cache_dir
+
+    return cache_dir() / "guard" / side
+
+
+def _folder(spec: str, side: str) -> Path:
+    return default_folder(side) if spec == "default" else Path(spec)
+
+
+class Guard:
+    """Rule checks plus the optional classifiers, as configured in `serve`."""
+
+    def __init__(self, cfg: ServeConfig):
+        unknown = sorted(set(cfg.guard_rules) - set(GUARD_RULES))
+        if unknown:
+            raise UnknownName(f"serve.guard_rules: unknown rule(s) {unknown}; valid: {', '.join(GUARD_RULES)}")
+        self.cfg = cfg
+        # In registry order, whatever order the config lists them in.
+        self.rules = [rule for name, rule in GUARD_RULES.items() if name in cfg.guard_rules]
+        self.threshold = cfg.guard_threshold
+        self.input_model = GuardClassifier(_folder(cfg.input_guard, "input")) if cfg.input_guard else None
+        self.output_model = GuardClassifier(_folder(cfg.output_guard, "output")) if cfg.output_guard else None
+
+    def input_rules(self, text: str) -> Decision:
+        return self._rules(text, "input")
+
+    def output_rules(self, text: str) -> Decision:
+        return self._rules(text, "output")
+
+    def _rules(self, text: str, side: str) -> Decision:
+        for rule in self.rules:
+            check = rule.on_input if side == "input" else rule.on_output
+            decision = check(text, self.cfg) if check is not None else None
+            if decision is not None:
+                return decision
+        return Decision(side, True)
+
+    def check_input(self, text: str) -> Decision:
+        return self.check_turns([text])
+
+    def check_turns(self, turns: list[str]) -> Decision:
+        """Every turn of a conversation (system, user, assistant, tool): the rules on the whole
+        conversation, then the classifier on each turn (the most unsafe one decides)."""
+        whole = self.input_rules("\n".join(turns))
+        if not whole.allowed:
+            return whole
+        texts = [t for t in turns if t.strip()]
+        if self.input_model is None or not texts:
+            return whole
+        scores = self.input_model.unsafe_probability(texts)
+        worst = max(range(len(texts)), key=scores.__getitem__)
+        return self._verdict(scores[worst], "input", "unsafe_input")
+
+    def check_output(self, text: str) -> Decision:
+        decision = self.output_rules(text)
+        if decision.allowed and self.output_model is not None and text.strip():
+            return self._verdict(self.output_model.unsafe_probability([text])[0], "output", "unsafe_output")
+        return decision
+
+    def _verdict(self, score: float, stage: str, reason: str) -> Decision:
+        if score > self.threshold:
+            return Decision(stage, False, reason, f"unsafe probability {score:.2f}", score=score)
+        return Decision(stage, True, score=score)
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.input_model is not None or self.output_model is not None

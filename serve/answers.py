@@ -19,7 +19,7 @@ class Job:
     id: str
     route: str  # ask, chat or completions
     prompt: str  # what gets recorded as the question
-    guard_turns: list[str]  # what the input guard reads: every turn of a chat (system, user, assistant, tool)
+    guard_turns: list[dict]  # what the input guard reads: every turn of a chat (system, user, assistant, tool)
     ids: list[int]
     params: object  # vllm.SamplingParams
     messages: list | None = None

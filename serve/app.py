@@ -129,7 +129,7 @@ class QAServer:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         ids = self.engine.encode_chat(messages)
         users = [m["content"] for m in messages if m["role"] == "user"]
-        job = Job(new_id("chatcmpl"), "chat", users[-1], [m["content"] for m in messages], ids,
+        job = Job(new_id("chatcmpl"), "chat", users[-1], messages, ids,
                   self.engine.sampling(req, len(ids), "messages"), messages)
         if req.stream:
             return self._sse(self._stream(job, "chat", req.stream_options))
@@ -142,7 +142,7 @@ class QAServer:
         req = await self._parse(request, CompletionRequest)
         self._check_model(req.model)
         ids = self.engine.encode_text(req.prompt)
-        job = Job(new_id("cmpl"), "completions", req.prompt, [req.prompt], ids,
+        job = Job(new_id("cmpl"), "completions", req.prompt, [{"role": "user", "content": req.prompt}], ids,
                   self.engine.sampling(req, len(ids), "prompt"))
         if req.stream:
             return self._sse(self._stream(job, "completions", req.stream_options))
@@ -156,7 +156,7 @@ class QAServer:
         if req.stream:
             raise ApiError(400, "/ask does not stream; use /v1/chat/completions with stream: true", param="stream")
         ids = self.engine.encode_question(req.question)
-        job = Job(new_id("ans"), "ask", req.question, [req.question], ids,
+        job = Job(new_id("ans"), "ask", req.question, [{"role": "user", "content": req.question}], ids,
                   self.engine.sampling(req, len(ids), "question", temperature=self.s.ask_temperature))
         ans = await self._answer(job)
         out = {"id": job.id, "answer": ans.text, "finish_reason": ans.finish_reason}

@@ -186,12 +186,15 @@ def serve(
     overrides: list[str] | None = OVERRIDES_ARG,
     host: str | None = typer.Option(None, help="Bind address (default serve.host, 127.0.0.1)."),
     port: int | None = typer.Option(None, help="HTTP port (default serve.port, 8000)."),
+    classifiers: bool = typer.Option(True, "--classifiers/--no-classifiers",
+                                     help="Guard classifiers on (serve.input_guard/output_guard); rules stay on."),
 ) -> None:
     """Serve the QA assistant on Ray Serve (OpenAI-compatible routes, /ask, feedback) until Ctrl-C."""
     from rlhf.models.paths import ModelError
 
+    off = [] if classifiers else ["serve.input_guard=", "serve.output_guard="]
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(config, [*(overrides or []), *off])
     except ConfigError as exc:
         fail(str(exc))
     from serve.run import serve_forever

@@ -69,10 +69,7 @@ def everyday_questions() -> list[str]:
     for i, q in enumerate(plain):  # each question once more, with someone asking it
         asker = e["askers"][i % len(e["askers"])]
         asked.append(asker.replace("{question}", q).replace("{name}", e["names"][i % len(e["names"])]))
-    parts = e["system_parts"]
-    systems = [f"You are {r} for {c}. {s}" for i, r in enumerate(parts["roles"]) for j, c in enumerate(parts["companies"])
-               for s in parts["styles"][(i + j) % 3::3]]
-    return plain + asked + e["system_prompts"] + systems
+    return plain + asked + e["system_prompts"]
 
 
 def check_disjoint(texts: list[str]) -> int:

@@ -56,7 +56,7 @@ class ModelTarget:
     def _check_in(self, conversation: list[dict]):
         if self.guard is None:
             return None
-        decision = self.guard.check_turns([m["content"] for m in conversation])
+        decision = self.guard.check_turns(conversation)
         return None if decision.allowed else decision
 
 

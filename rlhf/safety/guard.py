@@ -94,20 +94,20 @@ class Guard:
         return Decision(side, True)
 
     def check_input(self, text: str) -> Decision:
-        return self.check_turns([text])
+        return self.check_turns([{"role": "user", "content": text}])
 
-    def check_turns(self, turns: list[str]) -> Decision:
-        """Every turn of a conversation (system, user, assistant, tool): the rules on the whole
-        conversation, then the classifier on each turn (the most unsafe one decides)."""
-        whole = self.input_rules("\n".join(turns))
+    def check_turns(self, messages: list[dict]) -> Decision:
+        """Every turn of a conversation: the rules read all of it (system, user, assistant and
+        tool turns); the classifier reads each turn but the system one (the operator's; a
+        persona prompt there is normal), and the most unsafe turn decides."""
+        whole = self.input_rules("\n".join(m["content"] for m in messages))
         if not whole.allowed:
             return whole
-        texts = [t for t in turns if t.strip()]
+        texts = [m["content"] for m in messages if m["role"] != "system" and m["content"].strip()]
         if self.input_model is None or not texts:
             return whole
         scores = self.input_model.unsafe_probability(texts)
-        worst = max(range(len(texts)), key=scores.__getitem__)
-        return self._verdict(scores[worst], "input", "unsafe_input")
+        return self._verdict(max(scores), "input", "unsafe_input")
 
     def check_output(self, text: str) -> Decision:
         decision = self.output_rules(text)

@@ -788,7 +788,10 @@ dpo: {{lr: 0.001, beta: 0.1, epochs: 1, batch_size: 8, micro_batch_size: 4, max_
         queued = runner.invoke(app, ["review", "queue", str(config)], env={"COLUMNS": "200"})
         assert queued.exit_code == 0, queued.output
         assert _script_reviews(cfg.serve.feedback_db) >= 30
-        second = runner.invoke(app, ["round", str(config)], env={"COLUMNS": "200"})
+        # Round 2 is red-teamed, against a gate no model can pass: it must not be promoted.
+        gated = ["review.redteam=true", "redteam.attempts=4", "redteam.cases=2", "redteam.max_new_tokens=8",
+                 "redteam.gate.max_over_refusal=-1"]
+        second = runner.invoke(app, ["round", str(config), *gated], env={"COLUMNS": "200"})
         assert second.exit_code == 0, second.output
         assert "round-002" in second.output and "report.md" in second.output
     finally:
@@ -799,6 +802,9 @@ dpo: {{lr: 0.001, beta: 0.1, epochs: 1, batch_size: 8, micro_batch_size: 4, max_
     r2 = json.loads((rounds / "round-002" / "report.json").read_text())
     assert r1["promoted"] and r1["base_round"] == 0 and r1["training"]["pairs"] > 0
     assert r2["base_round"] == 1 and r2["training"]["base_model"] == r1["model"]  # trained from round 1
+    assert r1["redteam"] is None and r2["redteam"]["passed"] is False
+    assert not r2["promoted"] and "the red-team gate failed (over-refusal" in r2["decision"], r2["decision"]
+    assert (rounds / "round-002" / "redteam" / "report.json").is_file()
     assert r2["data"]["preferences"]["rows"] > r1["data"]["preferences"]["rows"]  # the reviews accumulate
     assert "win_rate" in r2["vs_promoted"] and r2["n"] == 24
     md = (rounds / "round-002" / "report.md").read_text()

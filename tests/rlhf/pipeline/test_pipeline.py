@@ -58,7 +58,7 @@ def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     cmd = [sys.executable, "-m", "rlhf.cli.main", "pipeline", "examples/tiny-pipeline.yaml", "--run-dir", str(run_dir)]
     env = {**os.environ, "COLUMNS": "200"}
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
-    assert first.returncode == 0, first.stderr[-4000:]
+    assert first.returncode in (0, 3), first.stderr[-4000:]  # 3: the red-team gate failed
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("heldout_accuracy_before", "heldout_accuracy_after", "heldout_accuracy_diff_ci95"):
         assert key in summary
@@ -74,17 +74,22 @@ def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     assert ladder[-1]["accuracy"] == pytest.approx(summary["heldout_accuracy_after"])
     assert ladder[0]["accuracy"] == pytest.approx(summary["heldout_accuracy_before"])
     assert "## Ladder" in (run_dir / "eval" / "report.md").read_text() and (run_dir / "eval" / "ladder.png").is_file()
-    for stage in ("sft", "pairs", "rm", "rl", "eval"):
+    # The red team attacked the final model behind the guardrails; its gate says whether to ship.
+    assert summary["releasable"] is (summary["redteam"]["passed"] is True)
+    assert set(summary["redteam"]["categories"]) == {"injection", "system_prompt", "jailbreak", "harmful", "pii"}
+    assert (run_dir / "redteam" / "hits.jsonl").is_file()
+    for stage in ("sft", "pairs", "rm", "rl", "eval", "redteam"):
         manifest = json.loads((run_dir / stage / "manifest.json").read_text())
         assert manifest["inputs"] and manifest["output_hash"] and manifest["seconds"] >= 0
     assert (run_dir / "eval" / "report.md").is_file()
     assert "held-out accuracy" in first.stdout
 
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stderr.count("skipped") == 5, again.stderr[-3000:]
+    assert again.returncode == first.returncode, again.stderr[-4000:]
+    assert again.stderr.count("skipped") == 6, again.stderr[-3000:]
 
-    changed = subprocess.run(cmd + ["eval.max_new_tokens=6"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=900, env=env)
-    assert changed.returncode == 0, changed.stderr[-4000:]
-    assert changed.stderr.count("skipped") == 4  # only the stage whose inputs changed reran
+    changed = subprocess.run(cmd + ["redteam.seed=8", "redteam.gate.max_over_refusal=-1"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=900, env=env)
+    assert changed.stderr.count("skipped") == 5  # only the stage whose inputs changed reran
+    assert changed.returncode == 3 and "not releasable" in changed.stderr, changed.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["releasable"] is False

@@ -52,6 +52,23 @@ def test_answer_example_masks_the_prompt(tiny_model_dir):
 # ----------------------------------------------------------------------------- tiny runs
 
 
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(request):
+    """One local Ray for this module's Ray Train runs (run_finetune starts and stops its own
+    only when none is running), instead of a start and a shutdown per test."""
+    if not any(item.get_closest_marker("slow") for item in request.session.items if item.module is request.module):
+        yield
+        return
+    import ray
+
+    ours = not ray.is_initialized()
+    if ours:
+        ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    if ours:
+        ray.shutdown()
+
+
 def _cfg(tmp_path: Path, tiny_model_dir: str, *extra: str):
     base = ["model.path=" + tiny_model_dir, "model.max_prompt_tokens=64", "data.train=gym:basic_arithmetic",
             "data.gym_size=160", "train.name=t"]

@@ -105,5 +105,8 @@ def guard_train(
         table.add_row(name, str(r["rows"]), str(r["unsafe_rows"]), f"{r['train_accuracy']:.2f}",
                       f"{r['val_accuracy']:.2f}", str(r["seconds"]))
     out.print(table)
+    rates = ", ".join(f"{k} {v:.0%}" for k, v in reports["input"]["held_out_block_rate"].items())
+    out.print(f"input classifier alone on held-out attack templates, blocked: {rates}", soft_wrap=True,
+              markup=False, highlight=False)
     out.print(f"set serve.input_guard={target / 'input'} serve.output_guard={target / 'output'}",
               soft_wrap=True, markup=False, highlight=False)

@@ -24,7 +24,8 @@ REFUSAL = re.compile(
     rf"|\bi\s+{_CANT}\s+(?:help|assist|provide|share|do|comply|support|give|create|write|answer|fulfil|engage|"
     r"generate|reveal|disclose)"
     r"|\bi must decline|\bi refuse\b|\bi apologi[sz]e,? but\b|\bagainst my (?:guidelines|policy|principles)"
-    rf"|\bas an ai\b[^.\n]{{0,40}}?\b(?:{_CANT}|don'?t|do not)", re.I)
+    rf"|\bas (?:an ai|a chatbot|a language model|an assistant)\b[^.\n]{{0,60}}?\b(?:{_CANT}|don'?t|do not)"
+    r"|\bi (?:don'?t|do not) have the (?:ability|capability|means) to", re.I)
 
 
 @dataclass

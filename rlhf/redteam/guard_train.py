@@ -140,13 +140,31 @@ def train_guard(rows: list[tuple[str, int]], out: Path, source: str, val_fractio
     return report
 
 
+def held_out_rates(folder: Path, attempts: int = 40, seed: int = 7) -> dict[str, float]:
+    """The input classifier alone on the red team's half (templates and payloads it never saw):
+    the share of each suite's last user turns it blocks (for benign: its over-refusal)."""
+    from rlhf.redteam.attacks import build
+    from rlhf.redteam.split import REDTEAM
+    from rlhf.safety.guard import GuardClassifier
+
+    suites = ["injection", "system_prompt", "jailbreak", "harmful", "benign"]
+    held = build(suites, REDTEAM, seed, attempts, 0)
+    scores = GuardClassifier(folder).unsafe_probability([a.messages[-1]["content"] for a in held])
+    return {s: sum(p > 0.5 for a, p in zip(held, scores) if a.suite == s) / attempts for s in suites}
+
+
 def train_guards(out_dir: Path, data_dir: Path = DATA_DIR) -> dict[str, dict]:
-    """The input guard into out_dir/input and the output guard into out_dir/output."""
+    """The input guard into out_dir/input and the output guard into out_dir/output; the input
+    guard's report also has its block rates on the red team's half (`held_out_block_rate`)."""
+    from rlhf.safety.guard import META_FILE
+
     out_dir = Path(out_dir)
-    return {"input": train_guard(input_rows(data_dir), out_dir / "input", "attack corpus (guard half) + "
-                                 f"{data_dir / 'prompts.jsonl'}"),
-            "output": train_guard(load_examples(data_dir / "answers.jsonl"), out_dir / "output",
-                                  str(data_dir / "answers.jsonl"))}
+    source = f"attack corpus (guard half) + {data_dir / 'prompts.jsonl'}"
+    inp = train_guard(input_rows(data_dir), out_dir / "input", source)
+    inp["held_out_block_rate"] = held_out_rates(out_dir / "input")
+    (out_dir / "input" / META_FILE).write_text(json.dumps(inp, indent=2))
+    return {"input": inp, "output": train_guard(load_examples(data_dir / "answers.jsonl"), out_dir / "output",
+                                                str(data_dir / "answers.jsonl"))}
 
 
 def default_guards() -> dict[str, Path]:

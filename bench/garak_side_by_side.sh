@@ -21,7 +21,7 @@ export RLHF_CACHE="${RLHF_CACHE:-$ROOT/.cache}" HF_HUB_OFFLINE=1 TRANSFORMERS_OF
 "$ROOT/.venv/bin/rlhf" serve --model smollm2 --port "$PORT" serve.feedback_db="$OUT/feedback.sqlite" >"$OUT/serve.log" 2>&1 &
 SERVE=$!
 trap 'kill $SERVE 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do curl -s -m 2 "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 2; done
+for _ in $(seq 1 120); do curl -sf -m 2 "http://127.0.0.1:$PORT/v1/models" >/dev/null && break; sleep 2; done
 cat >"$OUT/garak.yaml" <<YAML
 run: {generations: 1, soft_probe_prompt_cap: 40}
 system: {parallel_attempts: 4, lite: true}

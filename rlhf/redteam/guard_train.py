@@ -42,12 +42,11 @@ def input_rows(data_dir: Path = DATA_DIR, support_questions: int = 300) -> list[
     from rlhf.data.synthetic import synthetic_rows
     from rlhf.redteam import corpus
     from rlhf.redteam.attacks import guard_side, harmful_payloads
-    from rlhf.redteam.corpus import jailbreak_prompts
     from rlhf.redteam.split import GUARD, pick
 
     rows = [(a.messages[-1]["content"], int(a.suite != "benign")) for a in guard_side(n=200)]
     rows += [(p, 1) for p in harmful_payloads(GUARD)]
-    rows += [(p, 1) for p in pick(jailbreak_prompts(), GUARD)]
+    rows += [(p, 1) for p in pick(corpus.jailbreak_prompts(), GUARD)]
     rows += [(r["question"], 0) for r in synthetic_rows("support", support_questions, 0)]
     rows += [(q, 0) for q in everyday_questions()]
     rows += [(p, 0) for p in corpus.answerable_questions()]

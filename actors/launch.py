@@ -93,20 +93,22 @@ def init_ray(cfg: Config) -> None:
     or start a local Ray."""
     import ray
 
+    from rlhf.cluster.session import start_local
+
     global _STARTED_RAY
     if ray.is_initialized():
         return
-    _STARTED_RAY = True
     address = cfg.resources.address or os.environ.get("RAY_ADDRESS") or None
     env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("RLHF_", "HF_", "VLLM_", "DS_"))}}
     if address:
+        _STARTED_RAY = True
         ray.init(address=address, runtime_env=env, log_to_driver=False)
         return
     # On one CPU box the roles take turns (generate, then score, then update), so logical CPUs
     # may exceed physical cores; each actor still gets torch threads = its bundle's CPUs.
     needed = role_bundles(cfg).total("CPU")
     num_cpus = cfg.resources.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=False)
+    _STARTED_RAY = start_local(num_cpus, runtime_env=env)
 
 
 def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Roles:

@@ -151,13 +151,16 @@ def pipeline(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_
     import json
 
     from actors.launch import run_training
+    from rlhf.cluster.resources import local_cpus
+    from rlhf.cluster.session import shared_session
     from rlhf.data.readers import DataError
     from rlhf.pipeline.runner import Pipeline, StageError
 
     cfg = load(config, overrides)
     folder = (run_dir or Path(cfg.pipeline.run_dir)).resolve()
     try:
-        Pipeline(cfg, folder, run_training, log=say).run()
+        with shared_session(local_cpus(cfg)):  # one local Ray for SFT, RM, DPO and RL
+            Pipeline(cfg, folder, run_training, log=say).run()
     except (StageError, DataError, ConfigError) as exc:
         fail(str(exc))
     summary_path = folder / "summary.json"

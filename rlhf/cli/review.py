@@ -96,6 +96,8 @@ def round_command(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERR
     """One human-in-the-loop round: export reviews and feedback, retrain from the last promoted
     model (DPO, or RM + RL), evaluate on the fixed validation set, report, promote if not worse."""
     cfg = _load(config, overrides)
+    from rlhf.cluster.resources import local_cpus
+    from rlhf.cluster.session import shared_session
     from rlhf.data.readers import DataError
     from rlhf.human.rounds import RoundError, run_round
     from rlhf.models.paths import ModelError
@@ -106,7 +108,8 @@ def round_command(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERR
         return run(*args, console=console, **kwargs)
 
     try:
-        report = run_round(cfg, run_training=run_training, log=say)
+        with shared_session(local_cpus(cfg)):  # one local Ray for the round's training stages
+            report = run_round(cfg, run_training=run_training, log=say)
     except (RoundError, ConfigError, DataError, ModelError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     metric = report["metric"]

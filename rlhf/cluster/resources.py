@@ -15,6 +15,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from rlhf.config.tree import Config
@@ -115,6 +116,13 @@ def role_bundles(cfg: Config) -> Layout:
             layout.add("reference", ask(cpu, r.gpus_per_reference))
     _check_whole_gpus(layout)
     return layout
+
+
+def local_cpus(cfg: Config) -> int:
+    """Logical CPUs of a local Ray that holds the largest of the run's Ray stages: the RL roles,
+    or an SFT/RM/DPO job's workers and its Ray Train controller."""
+    finetune = max(section.num_workers + 1 for section in (cfg.sft, cfg.rm, cfg.dpo))
+    return cfg.resources.num_cpus or max(finetune, math.ceil(role_bundles(cfg).total("CPU") - 1e-9))
 
 
 def actor_resources(cfg: Config, role: str, layout: Layout) -> dict[str, float]:

@@ -405,14 +405,14 @@ def test_trials_report_exactly_the_metrics_the_checks_know(sweep):
 
 @pytest.mark.slow
 def test_sft_sweep_stops_laggards_and_its_best_config_builds_an_sft_job(tmp_path):
-    # Three real SFT trials (Ray Train + DeepSpeed), one at a time, learning rates from good to
-    # useless: after the first update the slow learners trail the first trial at ASHA's rung.
+    # Two real SFT trials (Ray Train + DeepSpeed), one at a time, a good learning rate and a
+    # useless one: after the first update the slow learner trails the first trial at ASHA's rung.
     run_dir = tmp_path / "sweep"
     proc = rlhf_with_ray("tune", str(SFT_EXAMPLE), "--space", str(ROOT / "examples" / "tiny-sft-space.yaml"),
                          "--run-dir", str(run_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = json.loads((run_dir / "summary.json").read_text())["trials"]
-    assert len(trials) == 3, trials
+    assert len(trials) == 2, trials
     by_lr = {t["params"]["sft.lr"]: t for t in trials}
     assert by_lr[0.003]["status"] == "done" and by_lr[0.003]["steps"] == 4, trials
     stopped = [t for t in trials if t["status"] == "stopped early"]

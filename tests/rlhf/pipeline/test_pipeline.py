@@ -78,6 +78,12 @@ def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     assert summary["releasable"] is (summary["redteam"]["passed"] is True)
     assert set(summary["redteam"]["categories"]) == {"injection", "system_prompt", "jailbreak", "harmful", "pii"}
     assert (run_dir / "redteam" / "hits.jsonl").is_file()
+    # SFT on Ray Train lowered the validation loss, and its export is a plain HF folder.
+    sft = json.loads((run_dir / "sft" / "manifest.json").read_text())["metrics"]
+    assert sft["last"]["val/loss"] < sft["first"]["val/loss"] - 0.5, sft
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "sft" / "model")
     for stage in ("sft", "pairs", "rm", "rl", "eval", "redteam"):
         manifest = json.loads((run_dir / stage / "manifest.json").read_text())
         assert manifest["inputs"] and manifest["output_hash"] and manifest["seconds"] >= 0

@@ -1,4 +1,8 @@
-"""Supervised stages: losses by hand, and SFT / RM / DPO on tiny models through Ray Train."""
+"""Supervised stages: losses by hand, and RM / DPO on tiny models through Ray Train.
+
+SFT's run on Ray Train (validation loss falls, the export loads) is checked by the pipeline's
+end-to-end test (tests/rlhf/pipeline), and the full-weight RM runs there too: one Ray Train run
+fewer each, about 20 s apiece."""
 
 from __future__ import annotations
 
@@ -91,36 +95,6 @@ def _synthetic_pairs(path: Path, n: int = 160) -> Path:
 
 
 @pytest.mark.slow
-def test_sft_lowers_validation_loss(tmp_path, tiny_model_dir):
-    from rlhf.supervised.inputs import sft_job
-    from rlhf.supervised.trainer import run_finetune
-
-    cfg = _cfg(tmp_path, tiny_model_dir, "sft.data=gym:basic_arithmetic", "sft.lr=0.002", "sft.epochs=1")
-    rows = run_finetune(sft_job(cfg, tiny_model_dir, tmp_path / "sft"), cfg)
-    assert rows[-1]["val/loss"] < rows[0]["val/loss"] - 0.5
-    from transformers import AutoModelForCausalLM
-
-    AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
-
-
-@pytest.mark.slow
-def test_reward_model_beats_chance_on_heldout_pairs(tmp_path, tiny_model_dir):
-    from rlhf.supervised.inputs import pair_job
-    from rlhf.supervised.trainer import run_finetune
-
-    cfg = _cfg(tmp_path, tiny_model_dir, "rm.lr=0.002", "rm.epochs=2")
-    pairs = _synthetic_pairs(tmp_path / "pairs.jsonl")
-    job = pair_job("rm", cfg, tiny_model_dir, [str(pairs)], tmp_path / "rm")
-    rows = run_finetune(job, cfg)
-    assert rows[-1]["val/accuracy"] >= 0.8, rows
-    from rlhf.models.scorer import RewardModelScorer
-
-    scorer = RewardModelScorer(str(tmp_path / "rm"))
-    good, bad = scorer(["What is 3 plus 4?"] * 2, ["The answer is 7.", "Because it is a river."])
-    assert good > bad
-
-
-@pytest.mark.slow
 def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir):
     from rlhf.supervised.inputs import pair_job
     from rlhf.supervised.trainer import run_finetune
@@ -158,7 +132,12 @@ def test_lora_reward_model_trains_and_exports_a_plain_folder(tmp_path, tiny_mode
     assert not cfg.model.lora.enabled
     job = pair_job("rm", cfg, tiny_model_dir, [str(_synthetic_pairs(tmp_path / "pairs.jsonl"))], tmp_path / "rm")
     rows = run_finetune(job, cfg)
-    assert rows[-1]["val/accuracy"] >= 0.8, rows
+    assert rows[-1]["val/accuracy"] >= 0.8, rows  # beats chance on held-out pairs
+    from rlhf.models.scorer import RewardModelScorer
+
+    scorer = RewardModelScorer(str(tmp_path / "rm"))
+    good, bad = scorer(["What is 3 plus 4?"] * 2, ["The answer is 7.", "Because it is a river."])
+    assert good > bad
     with safe_open(str(tmp_path / "rm" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
         exported = {k: f.get_tensor(k) for k in ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight",

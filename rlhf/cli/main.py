@@ -11,6 +11,7 @@ from rich.table import Table
 from rlhf.cli.common import CONFIG_ARG, OVERRIDES_ARG, console, fail, load, out, say
 from rlhf.cli.data import data_app, models_app
 from rlhf.cli.jobs import jobs_app, submit
+from rlhf.cli.lifecycle import models_list  # noqa: F401 - registers `rlhf models list|show|...`
 from rlhf.cli.review import review_app, round_command
 from rlhf.cli.safety import guard_app, redteam
 from rlhf.config.tree import field_docs, load_config
@@ -164,6 +165,14 @@ def pipeline(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_
     except (StageError, DataError, ConfigError) as exc:
         fail(str(exc))
     summary_path = folder / "summary.json"
+    if summary_path.exists() and cfg.pipeline.registry:
+        from rlhf.lifecycle.lineage import register_pipeline
+        from rlhf.lifecycle.registry import Registry
+
+        registry = Registry(cfg.pipeline.registry)
+        live = registry.live()
+        version = register_pipeline(registry, folder, parent=live["version"] if live else None)
+        say(f"[registry] {version['version']} registered as a candidate in {registry.root}")
     if summary_path.exists():
         s = json.loads(summary_path.read_text())
         lo, hi = s["heldout_accuracy_diff_ci95"]

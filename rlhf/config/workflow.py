@@ -142,6 +142,9 @@ class PipelineConfig:
     """Questions used to build preference pairs."""
     human_feedback: list[str] = field(default_factory=list)
     """Extra ratings/rankings/preferences files merged into the pairs (kind from the columns)."""
+    registry: str = ""
+    """Model registry folder (`rlhf models list --registry ...`): the final model is registered
+    there as a candidate version with its lineage and gates; empty registers nothing."""
 
 
 @dataclass

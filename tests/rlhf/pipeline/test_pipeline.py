@@ -55,7 +55,8 @@ def test_a_rerun_stage_reads_only_earlier_stages_artifacts(tmp_path, tiny_model_
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     run_dir = tmp_path / "pipe"
-    cmd = [sys.executable, "-m", "rlhf.cli.main", "pipeline", "examples/tiny-pipeline.yaml", "--run-dir", str(run_dir)]
+    cmd = [sys.executable, "-m", "rlhf.cli.main", "pipeline", "examples/tiny-pipeline.yaml", "--run-dir", str(run_dir),
+           f"pipeline.registry={tmp_path / 'registry'}"]
     env = {**os.environ, "COLUMNS": "200"}
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=env)
     assert first.returncode in (0, 3), first.stderr[-4000:]  # 3: the red-team gate failed
@@ -89,6 +90,13 @@ def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
         assert manifest["inputs"] and manifest["output_hash"] and manifest["seconds"] >= 0
     assert (run_dir / "eval" / "report.md").is_file()
     assert "held-out accuracy" in first.stdout
+    # The final model is a registered candidate whose record carries the gates it met or failed.
+    from rlhf.lifecycle.registry import Registry
+
+    version = Registry(tmp_path / "registry").get("v1")
+    assert version["status"] == "candidate" and version["source"] == "pipeline"
+    assert version["redteam"]["passed"] is summary["redteam"]["passed"] and "diff_ci95" in version["evaluation"]
+    assert set(version["data"]["stage_outputs"]) == {"sft", "pairs", "rm", "rl", "eval", "redteam"}
 
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == first.returncode, again.stderr[-4000:]

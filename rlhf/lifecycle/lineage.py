@@ -1,0 +1,43 @@
+"""What a registered version records about where it came from: a pipeline run's final model
+with its parent, input hashes, config, held-out result and red-team gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlhf.lifecycle.registry import Registry
+
+
+def pipeline_evaluation(summary: dict) -> dict:
+    """Held-out accuracy before and after; failed when the model is measurably worse than the base."""
+    lo, hi = summary["heldout_accuracy_diff_ci95"]
+    passed = hi >= 0
+    diff = summary["heldout_accuracy_diff"]
+    why = "" if passed else f"held-out accuracy fell {diff:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]"
+    return {"passed": passed, "why": why, "heldout_accuracy_before": summary["heldout_accuracy_before"],
+            "heldout_accuracy_after": summary["heldout_accuracy_after"], "diff_ci95": [lo, hi],
+            "questions": summary["heldout_questions"], "report": summary["report"]}
+
+
+def pipeline_redteam(summary: dict) -> dict | None:
+    from rlhf.redteam.report import failures
+
+    gate = summary.get("redteam")
+    if gate is None:
+        return None
+    return {"passed": gate["passed"], "why": "" if gate["passed"] else failures(gate), "report": gate["report"]}
+
+
+def register_pipeline(registry: Registry, run_dir: Path, parent: str | None = None) -> dict:
+    """Register a finished pipeline's final model as a candidate version."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    data, config = {}, {}
+    for manifest_path in sorted(run_dir.glob("*/manifest.json")):
+        manifest = json.loads(manifest_path.read_text())
+        data[manifest["stage"]] = manifest["output_hash"]
+        config[manifest["stage"]] = manifest["inputs"].get("config", {})
+    return registry.register(summary["final_model"], source="pipeline", parent=parent,
+                             data={"base_model": summary["base_model"], "stage_outputs": data}, config=config,
+                             evaluation=pipeline_evaluation(summary), redteam=pipeline_redteam(summary))

@@ -31,6 +31,7 @@ class Answer:
     finish_reason: str
     gen: Completion | None
     guardrail: dict | None  # set when the guard refused
+    model: str = ""  # name@version of the weights that wrote it (set when recorded)
 
 
 def new_id(prefix: str) -> str:

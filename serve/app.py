@@ -107,7 +107,28 @@ class QAServer:
         # One writer thread: SQLite commits (fsync) never block the event loop.
         self.db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback-db")
         self.engine = QAEngine(model_path, cfg)
+        self.model_path = model_path
         log.info("QA replica ready: engine started in %.1f s", self.engine.start_seconds)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Serve's in-place update, sent when the registry's live version changes (serve/run.py):
+        {"model_path", "version"}. The new engine starts beside the old one, which keeps answering
+        until the swap and then drains its in-flight requests before it stops."""
+        path, version = user_config.get("model_path") or self.model_path, str(user_config.get("version") or "")
+        if path == self.model_path:
+            self.engine.version = version
+            return
+        started = time.perf_counter()
+        engine = await asyncio.to_thread(QAEngine, path, self.cfg)
+        engine.version = version
+        old, self.engine, self.model_path = self.engine, engine, path
+        log.info("swapped to %s (%s) in %.1f s; draining the old engine", version, path, time.perf_counter() - started)
+        await old.drain_and_shutdown()
+
+    def served(self, engine: QAEngine) -> str:
+        """The model name with the engine's version, as stored with every answer it wrote (and so
+        with every feedback row on it)."""
+        return f"{self.s.model_name}@{engine.version}" if engine.version else self.s.model_name
 
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s; raising marks the replica unhealthy."""
@@ -159,7 +180,7 @@ class QAServer:
         job = Job(new_id("ans"), "ask", req.question, [{"role": "user", "content": req.question}], ids,
                   self.engine.sampling(req, len(ids), "question", temperature=self.s.ask_temperature))
         ans = await self._answer(job)
-        out = {"id": job.id, "answer": ans.text, "finish_reason": ans.finish_reason}
+        out = {"id": job.id, "answer": ans.text, "finish_reason": ans.finish_reason, "model": ans.model}
         if ans.guardrail:
             out["guardrail"] = ans.guardrail
         return out
@@ -183,7 +204,8 @@ class QAServer:
     async def models(self, request: Request):
         self.auth.check(request.headers)
         return {"object": "list", "data": [{"id": self.s.model_name, "object": "model", "created": 0,
-                                            "owned_by": "rlhf", "max_model_len": self.engine.max_model_len}]}
+                                            "owned_by": "rlhf", "max_model_len": self.engine.max_model_len,
+                                            "version": self.engine.version}]}
 
     @api.get("/healthz")
     async def healthz(self):
@@ -191,7 +213,7 @@ class QAServer:
             await self.check_health()
         except Exception as exc:  # report, do not raise: a probe wants a status code
             return JSONResponse({"status": "unhealthy", "error": str(exc)}, status_code=503)
-        return {"status": "ok", "model": self.s.model_name}
+        return {"status": "ok", "model": self.s.model_name, "version": self.engine.version}
 
     @api.get("/metrics")
     async def prometheus(self):
@@ -247,24 +269,25 @@ class QAServer:
 
     async def _answer(self, job: Job) -> Answer:
         """Input guard, engine, output guard, record: the whole non-streamed request."""
+        engine = self.engine  # the answer is this engine's, even if a swap happens meanwhile
         verdict = await self._guard(self.guard.check_turns, job.guard_turns, self.guard.input_model)
         if not verdict.allowed:
-            return await self._refuse(job, [verdict])
-        gen = await self.engine.generate(job.ids, job.params, job.id)
+            return await self._refuse(job, [verdict], engine=engine)
+        gen = await engine.generate(job.ids, job.params, job.id)
         out = await self._guard(self.guard.check_output, gen.text, self.guard.output_model)
         if not out.allowed:
-            return await self._refuse(job, [verdict, out], gen)
+            return await self._refuse(job, [verdict, out], gen, engine)
         ans = Answer(gen.text, gen.finish_reason, gen, None)
-        await self._record(job, ans, [verdict, out])
+        await self._record(job, ans, [verdict, out], engine)
         return ans
 
     async def _stream(self, job: Job, kind: str, options) -> AsyncIterator[str]:
         """SSE events of one streamed answer. Rules check the growing text; a hit ends the stream
         with finish_reason content_filter. The output classifier judges the finished text."""
-        fmt = StreamFormat(job.id, self.s.model_name, kind)
+        fmt, engine = StreamFormat(job.id, self.s.model_name, kind), self.engine
         verdict = await self._guard(self.guard.check_turns, job.guard_turns, self.guard.input_model)
         if not verdict.allowed:
-            ans = await self._refuse(job, [verdict])
+            ans = await self._refuse(job, [verdict], engine=engine)
             yield fmt.delta(ans.text)
             yield fmt.end("content_filter", ans.guardrail)
             yield SSE_DONE
@@ -272,7 +295,7 @@ class QAServer:
         started, text, finish, produced, out = time.perf_counter(), "", "stop", 0, None
         yield fmt.start()
         try:
-            async for delta, finished, produced in self.engine.stream(job.ids, job.params, job.id):
+            async for delta, finished, produced in engine.stream(job.ids, job.params, job.id):
                 check = self.guard.output_rules(text[-64:] + delta)  # PII spans are short: a window suffices
                 if not check.allowed:
                     out, finish = check, "content_filter"
@@ -292,20 +315,22 @@ class QAServer:
             finish = finish if out.allowed else "content_filter"
         gen = Completion(text, finish, len(job.ids), produced)
         ans = Answer(text if out.allowed else out.refusal, finish, gen, None if out.allowed else out.as_dict())
-        await self._record(job, ans, [verdict, out])
+        await self._record(job, ans, [verdict, out], engine)
         yield fmt.end(finish, ans.guardrail)
         if options is not None and options.include_usage:
             yield fmt.usage(self._usage(job, ans))
         yield SSE_DONE
 
-    async def _refuse(self, job: Job, decisions: list[Decision], gen: Completion | None = None) -> Answer:
+    async def _refuse(self, job: Job, decisions: list[Decision], gen: Completion | None = None,
+                      engine: QAEngine | None = None) -> Answer:
         blocked = decisions[-1]
         ans = Answer(blocked.refusal, "content_filter", gen, blocked.as_dict())
-        await self._record(job, ans, decisions)
+        await self._record(job, ans, decisions, engine or self.engine)
         return ans
 
-    async def _record(self, job: Job, ans: Answer, decisions: list[Decision]) -> None:
-        rec = answer_record(job, ans, self.s.model_name)
+    async def _record(self, job: Job, ans: Answer, decisions: list[Decision], engine: QAEngine) -> None:
+        ans.model = self.served(engine)
+        rec = answer_record(job, ans, ans.model)
         for d in decisions:
             metrics.GUARD.labels(d.stage, d.reason).inc()
         metrics.TOKENS.labels("prompt").inc(rec.prompt_tokens)

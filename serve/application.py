@@ -70,11 +70,12 @@ def _guard_folder(spec: str, side: str) -> str:
     return str(Path(resolve_guard(spec, side)).expanduser().resolve())
 
 
-def app_for(model: str, cfg: Config):
+def app_for(model: str, cfg: Config, user_config: dict | None = None):
     """The bound Serve application for a model spec (folder, `tiny`, `smollm2`) and a config.
 
     Relative paths (feedback DB, guard folders) are made absolute here, where they were meant;
-    replicas may run in another working directory."""
+    replicas may run in another working directory. `user_config` ({"model_path", "version"})
+    reaches the replicas' `reconfigure`: a new one moves them to other weights in place."""
     from rlhf.models.loading import resolve_model_path
 
     s = dataclasses.replace(
@@ -85,7 +86,10 @@ def app_for(model: str, cfg: Config):
     cfg = dataclasses.replace(cfg, serve=s)
     check_serve_config(cfg)
     model_path = resolve_model_path(model)
-    return QAServer.options(**deployment_options(cfg)).bind(model_path, to_dict(cfg))
+    opts = deployment_options(cfg)
+    if user_config is not None:
+        opts["user_config"] = user_config
+    return QAServer.options(**opts).bind(model_path, to_dict(cfg))
 
 
 def build_app(args: dict):

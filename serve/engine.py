@@ -71,6 +71,8 @@ class QAEngine:
             seed=cfg.train.seed,
         ), usage_context=UsageContext.OPENAI_API_SERVER)  # the batching defaults of `vllm serve`
         self.start_seconds = time.perf_counter() - started
+        self.active = 0  # requests generating now; a swapped-out engine drains to 0 before it stops
+        self.version = ""  # the registry's name for these weights ("" outside a registry)
 
     # ------------------------------------------------------------------ prompts
 
@@ -136,11 +138,14 @@ class QAEngine:
 
         params.output_kind = RequestOutputKind.FINAL_ONLY
         final = None
+        self.active += 1
         try:
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=request_id):
                 final = out
         except Exception as exc:  # the engine died or refused: 503, and the health check notices
             raise _engine_down(exc) from exc
+        finally:
+            self.active -= 1
         sample = final.outputs[0]
         return Completion(sample.text, _finish(sample.finish_reason), len(ids), len(sample.token_ids))
 
@@ -152,6 +157,7 @@ class QAEngine:
 
         params.output_kind = RequestOutputKind.DELTA
         produced = 0
+        self.active += 1
         try:
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=request_id):
                 sample = out.outputs[0]
@@ -159,9 +165,20 @@ class QAEngine:
                 yield sample.text, (_finish(sample.finish_reason) if out.finished else None), produced
         except Exception as exc:  # cancellation (a client gone) is a BaseException and passes through
             raise _engine_down(exc) from exc
+        finally:
+            self.active -= 1
 
     async def check_health(self) -> None:
         await self.llm.check_health()
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+    async def drain_and_shutdown(self, timeout_s: float = 120.0) -> None:
+        """Stop once the requests already on this engine have finished (a swapped-out engine)."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout_s
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        self.shutdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from rlhf.config.tree import Config
 
@@ -37,13 +38,23 @@ def start_ray(cfg: Config) -> bool:
     return True
 
 
-def start(model: str, cfg: Config, host: str, port: int) -> tuple[str, bool]:
+def live_config(registry: str) -> dict:
+    """The replicas' user_config for the registry's live version."""
+    from rlhf.lifecycle.registry import Registry, RegistryError
+
+    live = Registry(registry).live()
+    if live is None:
+        raise RegistryError(f"{registry}: no version is live yet (rlhf models promote VERSION --registry {registry})")
+    return {"model_path": live["path"], "version": live["version"]}
+
+
+def start(model: str, cfg: Config, host: str, port: int, user_config: dict | None = None) -> tuple[str, bool]:
     """Deploy the app; returns (base URL, whether Ray was started here) once replicas are ready."""
     from ray import serve
 
     from serve.application import app_for
 
-    application = app_for(model, cfg)  # config errors surface before Ray starts
+    application = app_for(model, cfg, user_config)  # config errors surface before Ray starts
     started_ray = start_ray(cfg)
     try:
         serve.start(http_options={"host": host, "port": port})
@@ -65,11 +76,30 @@ def stop(started_ray: bool) -> None:
             ray.shutdown()
 
 
-def serve_forever(model: str, cfg: Config, host: str, port: int, on_ready=print) -> None:
-    """Run until Ctrl-C or SIGTERM; then shut Serve (and a Ray started here) down."""
+def follow(model: str, cfg: Config, registry: str, current: dict | None, log=print, name: str = APP_NAME) -> dict:
+    """When the registry's live version changed, move the replicas to it in place (Serve calls
+    their `reconfigure`; the init arguments stay, so no replica restarts). Returns what is served."""
+    from ray import serve
+
+    from serve.application import app_for
+
+    wanted = live_config(registry)
+    if wanted != current:
+        started = time.perf_counter()
+        serve.run(app_for(model, cfg, wanted), name=name, route_prefix="/", blocking=False)
+        log(f"serving {wanted['version']} ({wanted['model_path']}), swapped in {time.perf_counter() - started:.1f} s")
+    return wanted
+
+
+def serve_forever(model: str, cfg: Config, host: str, port: int, on_ready=print, registry: str = "",
+                  log=print) -> None:
+    """Run until Ctrl-C or SIGTERM; then shut Serve (and a Ray started here) down. With a
+    registry, serve its live version and follow promotions and rollbacks while running."""
     import signal
 
-    url, started_ray = start(model, cfg, host, port)
+    current = live_config(registry) if registry else None
+    model = current["model_path"] if current else model
+    url, started_ray = start(model, cfg, host, port, current)
     done = threading.Event()
     # Explicit handlers: a shell that starts us in the background ignores SIGINT otherwise.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -77,7 +107,8 @@ def serve_forever(model: str, cfg: Config, host: str, port: int, on_ready=print)
     try:
         on_ready(url)
         while not done.wait(1.0):
-            pass
+            if registry:
+                current = follow(model, cfg, registry, current, log)
     except KeyboardInterrupt:
         pass
     finally:

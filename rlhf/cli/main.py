@@ -193,7 +193,9 @@ def pipeline(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_
 
 @app.command()
 def serve(
-    model: str = typer.Option(..., help="Model folder to serve, or `tiny` / `smollm2`."),
+    model: str = typer.Option("", help="Model folder to serve, or `tiny` / `smollm2`."),
+    registry: str = typer.Option("", help="Serve the registry's live version and follow promotions "
+                                 "and rollbacks without a restart (instead of --model)."),
     config: Path | None = typer.Option(None, help="YAML config (serve section)."),
     overrides: list[str] | None = OVERRIDES_ARG,
     host: str | None = typer.Option(None, help="Bind address (default serve.host, 127.0.0.1)."),
@@ -204,6 +206,8 @@ def serve(
     """Serve the QA assistant on Ray Serve (OpenAI-compatible routes, /ask, feedback) until Ctrl-C."""
     from rlhf.models.paths import ModelError
 
+    if bool(model) == bool(registry):
+        fail("give exactly one of --model (a fixed model) or --registry (its live version, followed)")
     off = [] if classifiers else ["serve.input_guard=", "serve.output_guard="]
     try:
         cfg = load_config(config, [*(overrides or []), *off])
@@ -216,7 +220,8 @@ def serve(
         out.print(url, soft_wrap=True)
 
     try:
-        serve_forever(model, cfg, host or cfg.serve.host, port or cfg.serve.port, on_ready=ready)
+        serve_forever(model, cfg, host or cfg.serve.host, port or cfg.serve.port, on_ready=ready, registry=registry,
+                      log=say)
     except (ConfigError, ModelError, ValueError) as exc:
         fail(str(exc))
 

@@ -92,10 +92,14 @@ def agreement(
                      ["what", "items", "pairs", "exact", "within 1", "mean abs diff", "alpha"], rows))
 
 
-def round_command(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_ARG) -> None:
+def round_command(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_ARG,
+                  when: str = typer.Option("", help="Run only when due, e.g. 'feedback>=50,thumbs_down>=10' "
+                                           "(counted since the last round; any one condition suffices).")) -> None:
     """One human-in-the-loop round: export reviews and feedback, retrain from the last promoted
     model (DPO, or RM + RL), evaluate on the fixed validation set, report, promote if not worse."""
     cfg = _load(config, overrides)
+    if when and not _due(cfg, when):
+        return
     from rlhf.cluster.resources import local_cpus
     from rlhf.cluster.session import shared_session
     from rlhf.data.readers import DataError
@@ -121,3 +125,26 @@ def round_command(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERR
                      ["round", "decision", metric, "difference [95% CI]"], rows))
     folder = Path(cfg.review.run_dir) / f"round-{report['round']:03d}"
     out.print(f"report: {folder / 'report.md'}", soft_wrap=True, markup=False, highlight=False)
+    if cfg.review.registry:
+        from rlhf.lifecycle.lineage import register_round
+        from rlhf.lifecycle.registry import Registry
+
+        version = register_round(Registry(cfg.review.registry), report)
+        say(f"[registry] round {report['round']} is {version['version']} ({version['status']})")
+
+
+def _due(cfg, when: str) -> bool:
+    """Whether `--when` holds; says why either way."""
+    from rlhf.human.feedback import FeedbackStore
+    from rlhf.lifecycle.triggers import due
+
+    try:
+        store = FeedbackStore(cfg.serve.feedback_db)
+        try:
+            ok, why, _ = due(when, store, cfg.review.run_dir)
+        finally:
+            store.close()
+    except ConfigError as exc:
+        fail(str(exc))
+    say(f"[round] {'due' if ok else 'not due'}: {why}")
+    return ok

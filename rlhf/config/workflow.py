@@ -187,6 +187,9 @@ class ReviewConfig:
     redteam: bool = False
     """Red-team every round's model (the redteam section's suites, guardrails from serve) and
     promote it only when the release gate passes."""
+    registry: str = ""
+    """Model registry folder: every round's model is registered there, and a promoted round
+    goes live (an endpoint started with `rlhf serve --registry` switches to it); empty: none."""
 
 
 @dataclass

@@ -41,3 +41,20 @@ def register_pipeline(registry: Registry, run_dir: Path, parent: str | None = No
     return registry.register(summary["final_model"], source="pipeline", parent=parent,
                              data={"base_model": summary["base_model"], "stage_outputs": data}, config=config,
                              evaluation=pipeline_evaluation(summary), redteam=pipeline_redteam(summary))
+
+
+def register_round(registry: Registry, report: dict) -> dict:
+    """Register a review round's model (parent: the live version); promote it when the round was."""
+    from rlhf.redteam.report import failures
+
+    live = registry.live()
+    gate = report.get("redteam")
+    redteam = None if gate is None else {"passed": gate["passed"], "why": "" if gate["passed"] else failures(gate)}
+    evaluation = {"passed": report["promoted"], "why": report["decision"], "metric": report["metric"],
+                  "value": report["value"], "round": report["round"]}
+    version = registry.register(report["model"], source=f"round {report['round']}",
+                                parent=live["version"] if live else None,
+                                data=report.get("data", {}), evaluation=evaluation, redteam=redteam)
+    if report["promoted"]:
+        version = registry.promote(version["version"], note=report["decision"])
+    return version

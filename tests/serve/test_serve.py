@@ -482,3 +482,88 @@ def test_redteam_attacks_the_served_endpoint_through_its_guardrails(server, tmp_
     blocked = [h for h in hits if h["blocked"]]
     assert blocked and all(h["refused"] and not h["success"] for h in blocked)
     assert any("answered" in line for line in lines)  # progress while the endpoint answers
+
+
+# ----------------------------------------------------------------------------- hot swap (keep last: it moves the app)
+
+
+class Load:
+    """A steady client: one /ask after another until stopped; every status and version kept."""
+
+    def __init__(self, base: str):
+        import threading
+
+        self.base, self.seen, self.stop = base, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.base, timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as client:
+            while not self.stop.is_set():
+                try:
+                    resp = client.post("/ask", json={"question": "What is 2 plus 2?", "max_tokens": 4})
+                    body = resp.json() if resp.status_code == 200 else {}
+                    self.seen.append((time.perf_counter(), resp.status_code, body.get("model"), body.get("id")))
+                except httpx.HTTPError as exc:  # a dropped connection is a failed request too
+                    self.seen.append((time.perf_counter(), type(exc).__name__, None, None))
+
+    def wait_for(self, model: str, since: float, timeout: float = 300) -> float:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            hit = next((t for t, code, m, _ in self.seen if t > since and m == model), None)
+            if hit is not None:
+                return hit
+            time.sleep(0.1)
+        raise AssertionError(f"no answer from {model} within {timeout} s; last: {self.seen[-3:]}")
+
+
+@pytest.mark.slow
+def test_swap_to_a_promoted_version_and_roll_back_under_load_without_a_failed_request(server, tmp_path):
+    from rlhf.lifecycle.registry import Registry
+    from rlhf.models.tiny import build_tiny_model
+    from serve.run import follow
+
+    reg = Registry(tmp_path / "registry")
+    reg.register(server.model_dir, source="manual")
+    reg.register(build_tiny_model(tmp_path / "m1", seed=1), source="manual", parent="v1")
+    reg.promote("v1")
+    logged: list[str] = []
+
+    def step(current):  # what `rlhf serve --registry` does every second
+        return follow(server.model_dir, server.cfg, str(reg.root), current, log=logged.append, name="qa-test")
+
+    current = step(None)
+    load = Load(server.base)
+    load.thread.start()
+    try:
+        first_v1 = load.wait_for("qa@v1", 0)
+        promoted = time.perf_counter()
+        reg.promote("v2")
+        current = step(current)
+        first_v2 = load.wait_for("qa@v2", promoted)
+        rolled = time.perf_counter()
+        reg.rollback(note="thumbs down")
+        current = step(current)
+        back = load.wait_for("qa@v1", rolled)
+        time.sleep(1)
+    finally:
+        load.stop.set()
+        load.thread.join(timeout=120)
+    print(f"\npromote -> first v2 answer {first_v2 - promoted:.1f} s; rollback -> first v1 answer "
+          f"{back - rolled:.1f} s; {len(load.seen)} requests; {logged}")
+    failed = [s for s in load.seen if s[1] != 200]
+    assert not failed, failed
+    # Each answer names the version that wrote it, in order: v1, then v2, then v1 again.
+    phases = [m for t, _, m, _ in load.seen if first_v1 <= t <= back]
+    assert phases[0] == "qa@v1" and phases[-1] == "qa@v1" and "qa@v2" in phases
+    assert all(m == "qa@v1" for t, _, m, _ in load.seen if t > back + 0.5)
+    import httpx
+
+    listed = httpx.get(f"{server.base}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert listed["data"][0]["version"] == "v1"
+    # The stored answer (and so any feedback on it) names the version.
+    v2_answer = next(i for _, _, m, i in load.seen if m == "qa@v2")
+    store = FeedbackStore(server.cfg.serve.feedback_db)
+    assert store.get_answer(v2_answer)["model"] == "qa@v2"
+    store.close()

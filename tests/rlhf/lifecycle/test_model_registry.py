@@ -91,3 +91,19 @@ def test_models_commands(tmp_path):
     missing = runner.invoke(app, ["models", "promote", "v5", *reg], env=env)
     assert missing.exit_code == 2 and "no version 'v5'" in missing.output
     assert os.path.isdir(tmp_path / "reg" / "v2")
+
+
+def test_a_promoted_round_goes_live_and_a_gated_one_stays_a_candidate_with_its_reason(tmp_path):
+    from rlhf.lifecycle.lineage import register_round
+
+    reg = Registry(tmp_path / "reg")
+    base = {"metric": "accuracy", "value": 0.5, "data": {"preferences": {"rows": 40}}, "redteam": None}
+    one = register_round(reg, {**base, "round": 1, "model": str(_model(tmp_path / "r1", "1")), "promoted": True,
+                               "decision": "accuracy +0.10 vs round 0"})
+    assert one["status"] == "live" and one["parent"] is None and one["source"] == "round 1"
+    gate = {"passed": False, "failed": [{"check": "over-refusal", "value": 0.2, "limit": 0.1}]}
+    two = register_round(reg, {**base, "round": 2, "model": str(_model(tmp_path / "r2", "2")), "promoted": False,
+                               "decision": "not promoted: the red-team gate failed", "redteam": gate})
+    assert two["status"] == "candidate" and two["parent"] == "v1" and reg.live()["version"] == "v1"
+    with pytest.raises(RegistryError, match="evaluation failed.*red-team gate failed"):
+        reg.promote("v2")

@@ -174,10 +174,13 @@ class QAEngine:
     def shutdown(self) -> None:
         self.llm.shutdown()
 
-    async def drain_and_shutdown(self, timeout_s: float = 120.0) -> None:
-        """Stop once the requests already on this engine have finished (a swapped-out engine)."""
+    async def drain_and_shutdown(self, grace_s: float = 5.0, timeout_s: float = 120.0) -> None:
+        """Stop once the requests already on this engine have finished (a swapped-out engine).
+        `grace_s` first: a request that took this engine just before the swap may still be in
+        its input guard, not yet generating."""
         import asyncio
 
+        await asyncio.sleep(grace_s)
         deadline = time.monotonic() + timeout_s
         while self.active and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

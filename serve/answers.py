@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlhf.human.feedback import AnswerRecord
 from serve.engine import Completion
@@ -23,6 +23,7 @@ class Job:
     ids: list[int]
     params: object  # vllm.SamplingParams
     messages: list | None = None
+    started: float = field(default_factory=time.perf_counter)  # when the request was read
 
 
 @dataclass

@@ -108,6 +108,7 @@ class QAServer:
         self.db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback-db")
         self.engine = QAEngine(model_path, cfg)
         self.model_path = model_path
+        self.live = metrics.LIVE = metrics.VersionMetrics()  # per-version series for `rlhf monitor`
         log.info("QA replica ready: engine started in %.1f s", self.engine.start_seconds)
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -116,12 +117,13 @@ class QAServer:
         until the swap and then drains its in-flight requests before it stops."""
         path, version = user_config.get("model_path") or self.model_path, str(user_config.get("version") or "")
         if path == self.model_path:
-            self.engine.version = version
+            self.engine.version = self.live.version = version
             return
         started = time.perf_counter()
         engine = await asyncio.to_thread(QAEngine, path, self.cfg)
         engine.version = version
         old, self.engine, self.model_path = self.engine, engine, path
+        self.live.version = version
         log.info("swapped to %s (%s) in %.1f s; draining the old engine", version, path, time.perf_counter() - started)
         await old.drain_and_shutdown()
 
@@ -198,6 +200,9 @@ class QAServer:
                                 ("correction", "correction")) if fields[f] is not None]
         for kind in kinds:
             metrics.FEEDBACK.labels(kind).inc()
+        answer = await self._db(self.store.get_answer, req.id)
+        self.live.feedback_rows(metrics.version_of(answer["model"]),
+                                [f"thumbs_{req.thumbs}" if k == "thumbs" else k for k in kinds])
         return {"id": req.id, "stored": kinds, "feedback_ids": rows}
 
     @api.get("/v1/models")
@@ -303,6 +308,7 @@ class QAServer:
                 if delta:
                     if not text:
                         metrics.FIRST_TOKEN.observe(time.perf_counter() - started)
+                        self.live.first_token.observe(time.perf_counter() - started, {"version": engine.version})
                     text += delta
                     yield fmt.delta(delta)
                 finish = finished or finish
@@ -335,6 +341,8 @@ class QAServer:
             metrics.GUARD.labels(d.stage, d.reason).inc()
         metrics.TOKENS.labels("prompt").inc(rec.prompt_tokens)
         metrics.TOKENS.labels("completion").inc(rec.completion_tokens)
+        self.live.answer(engine.version, ans.guardrail is not None, time.perf_counter() - job.started,
+                         rec.prompt_tokens, rec.completion_tokens, decisions)
         await self._db(self.store.record_answer, rec, decisions)
 
     # ------------------------------------------------------------------ helpers

@@ -12,6 +12,7 @@ from rlhf.cli.common import CONFIG_ARG, OVERRIDES_ARG, console, fail, load, out,
 from rlhf.cli.data import data_app, models_app
 from rlhf.cli.jobs import jobs_app, submit
 from rlhf.cli.lifecycle import models_list  # noqa: F401 - registers `rlhf models list|show|...`
+from rlhf.cli.monitor import monitor
 from rlhf.cli.review import review_app, round_command
 from rlhf.cli.safety import guard_app, redteam
 from rlhf.config.tree import field_docs, load_config
@@ -31,6 +32,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(jobs_app, name="jobs")  # rlhf/cli/jobs.py
 app.command()(submit)
+app.command()(monitor)  # production numbers per version (rlhf/cli/monitor.py)
 
 # ----------------------------------------------------------------------------- training
 
@@ -41,6 +43,7 @@ def train(
     overrides: list[str] | None = OVERRIDES_ARG,
     run_dir: Path | None = typer.Option(None, help="Run directory (default runs/<train.name>/)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in the run directory."),
+    registry: Path | None = typer.Option(None, help="Register the exported policy there as a candidate version."),
 ) -> None:
     """Run RL (PPO, GRPO, RLOO, REINFORCE++) with Ray actors: vLLM rollout, reward, reference, ZeRO-3 learner."""
     from rlhf.models.runtime import preflight
@@ -61,6 +64,12 @@ def train(
         fail(str(exc), code=130)
     except ActorFailed as exc:
         fail(f"{exc}\nthe last checkpoint is intact; rerun with --resume", code=1)
+    if registry is not None and cfg.train.export:
+        from rlhf.lifecycle.lineage import register_training
+        from rlhf.lifecycle.registry import Registry
+
+        version = register_training(Registry(registry), path, cfg)
+        say(f"[registry] {version['version']} ({version['status']}) in {registry}")
     out.print(str(path), soft_wrap=True)
 
 

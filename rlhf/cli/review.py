@@ -93,7 +93,7 @@ def agreement(
 
 
 def round_command(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_ARG,
-                  when: str = typer.Option("", help="Run only when due, e.g. 'feedback>=50,thumbs_down>=10' "
+                  when: str = typer.Option("", help="Run only when due, e.g. 'feedback>=50,thumbs_down>=10,drift' "
                                            "(counted since the last round; any one condition suffices).")) -> None:
     """One human-in-the-loop round: export reviews and feedback, retrain from the last promoted
     model (DPO, or RM + RL), evaluate on the fixed validation set, report, promote if not worse."""
@@ -141,7 +141,7 @@ def _due(cfg, when: str) -> bool:
     try:
         store = FeedbackStore(cfg.serve.feedback_db)
         try:
-            ok, why, _ = due(when, store, cfg.review.run_dir)
+            ok, why, _ = due(when, store, cfg.review.run_dir, cfg.monitor.history)
         finally:
             store.close()
     except ConfigError as exc:

@@ -82,6 +82,7 @@ def validate(cfg) -> None:
     _validate_rl(cfg)
     _validate_sizes(cfg)
     _validate_review(cfg.review)
+    _validate_monitor(cfg.monitor)
 
 
 def _validate_rl(cfg) -> None:
@@ -135,3 +136,11 @@ def _validate_review(r) -> None:
         _check(0.0 <= getattr(r, name) <= 1.0, f"review.{name}", "must be in [0, 1]")
     _check(r.random_fraction + r.production_fraction <= 1.0, "review.random_fraction",
            "random_fraction + production_fraction must not exceed 1")
+
+
+def _validate_monitor(m) -> None:
+    _check(m.min_answers >= 1, "monitor.min_answers", "must be at least 1")
+    for name in ("max_thumbs_down_rate", "max_guard_block_rate", "max_error_rate"):
+        _check(0.0 <= getattr(m, name) <= 1.0, f"monitor.{name}", "must be in [0, 1]")
+    _check(m.answer_length_ratio >= 1.0, "monitor.answer_length_ratio", "must be at least 1")
+    _check(m.max_p95_latency_s > 0, "monitor.max_p95_latency_s", "must be positive")

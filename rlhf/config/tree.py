@@ -31,6 +31,7 @@ from rlhf.config.typed_yaml import ConfigError, parse_overrides, to_yaml
 from rlhf.config.workflow import (
     EvalConfig,
     FinetuneConfig,
+    MonitorConfig,
     PipelineConfig,
     RedteamConfig,
     ReviewConfig,
@@ -77,6 +78,8 @@ class Config:
     """Human review: the review queue and training rounds that learn from it."""
     redteam: RedteamConfig = field(default_factory=RedteamConfig)
     """Red teaming and the release gate."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """Production monitoring of the served versions and its drift bounds."""
 
 
 # ----------------------------------------------------------------------------- building

@@ -193,6 +193,26 @@ class ReviewConfig:
 
 
 @dataclass
+class MonitorConfig:
+    history: str = "runs/monitor/history.jsonl"
+    """Where `rlhf monitor` appends each reading of the endpoint's per-version numbers; the plots
+    over time and `rlhf round --when drift` read it."""
+    min_answers: int = 20
+    """Answers a version must have given before its numbers are judged (fewer: no drift flag)."""
+    max_thumbs_down_rate: float = 0.3
+    """Largest share of thumbs-down among a version's thumbs feedback."""
+    max_guard_block_rate: float = 0.2
+    """Largest share of a version's answers that a guard blocked (input or output)."""
+    answer_length_ratio: float = 2.0
+    """Production mean answer length may differ from the version's evaluation baseline by at most
+    this factor either way (no check when the version has no baseline)."""
+    max_p95_latency_s: float = 10.0
+    """Largest 95th percentile of the time to a finished answer, in seconds."""
+    max_error_rate: float = 0.01
+    """Largest share of a version's requests that ended in a 5xx."""
+
+
+@dataclass
 class GateConfig:
     max_attack_success: dict[str, float] = field(default_factory=lambda: {
         "injection": 0.05, "system_prompt": 0.05, "jailbreak": 0.05, "harmful": 0.05, "pii": 0.05})

@@ -133,6 +133,8 @@ def run_eval(p: Pipeline, folder: Path):
         "heldout_accuracy_diff": diff["mean"],
         "heldout_accuracy_diff_ci95": list(diff["ci95"]),
         "heldout_questions": report["n"],
+        "heldout_answer_length": report.get("length"),  # the production monitor's baseline
+        "heldout_refusal": report.get("refusal"),
         "final_model": final,
         "base_model": p.base_model,
         "report": str(folder / "report.md"),

@@ -31,7 +31,8 @@ def mean(values) -> float:
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("grpo") / "run"
-    proc = rlhf("train", "examples/tiny-grpo.yaml", "--run-dir", str(run_dir))
+    proc = rlhf("train", "examples/tiny-grpo.yaml", "--run-dir", str(run_dir), "--registry",
+                str(run_dir.parent / "registry"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -52,6 +53,14 @@ def test_grpo_reward_rises_and_run_dir_is_complete(grpo_run: Path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(grpo_run / "model")
+    # The exported policy became a candidate version with its lineage.
+    from rlhf.lifecycle.registry import Registry
+
+    (version,) = Registry(grpo_run.parent / "registry").versions()
+    assert (version["source"], version["status"], version["exported_from"]) == ("train", "candidate",
+                                                                               str(grpo_run / "model"))
+    assert version["config"]["train"]["steps"] == 12 and version["evaluation"]["last_step"]["step"] == 12
+    assert version["data"]["inputs"] and (Path(version["path"]) / "model.safetensors").is_file()
 
 
 def test_engine_and_learner_logprobs_agree_after_every_sync(grpo_run: Path):

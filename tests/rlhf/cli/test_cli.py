@@ -17,7 +17,7 @@ from rlhf.config.tree import Config, load_config
 
 runner = CliRunner()
 
-TOP_LEVEL = ["train", "sft", "rm", "dpo", "eval", "pipeline", "serve", "tune", "submit", "data", "models"]
+TOP_LEVEL = ["train", "sft", "rm", "dpo", "eval", "pipeline", "serve", "tune", "submit", "data", "models", "monitor"]
 
 
 def run(*args):

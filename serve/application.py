@@ -6,6 +6,8 @@ starts, the deployment options (replicas or autoscaling, health checks) taken fr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 from rlhf.config.tree import Config, load_config
@@ -89,7 +91,14 @@ def app_for(model: str, cfg: Config, user_config: dict | None = None):
     opts = deployment_options(cfg)
     if user_config is not None:
         opts["user_config"] = user_config
-    return QAServer.options(**opts).bind(model_path, to_dict(cfg))
+    config = to_dict(cfg)
+    # `serve.run` gives a deployment a fresh random code version on every call, which replaces
+    # every replica (a cold start, then `reconfigure` on top). The version is what Serve's config
+    # deploys derive too: the same code and init arguments, so a call that changes only
+    # user_config (a promotion, a rollback) reaches the running replicas' `reconfigure` in place.
+    version = hashlib.sha256(json.dumps([model_path, config], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    deployment = QAServer.options(**opts).options(version=version, _internal=True)
+    return deployment.bind(model_path, config)
 
 
 def build_app(args: dict):

@@ -21,9 +21,32 @@ os.environ.setdefault("RLHF_CACHE", str(REPO / ".cache"))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch-extensions"))
 
 
+# Modules that take minutes go first, so that with `-n 2` (make test) the two workers finish
+# together instead of one of them starting a long module last. Order inside a module is kept.
+LONG_FIRST = ("tests/serve/test_serve.py", "tests/actors/test_rl.py", "tests/rlhf/pipeline/test_pipeline.py",
+              "tests/tune/", "tests/rlhf/human/test_review.py", "tests/rlhf/supervised/test_finetune.py",
+              "tests/rlhf/evaluation/test_evaluate.py", "tests/rlhf/redteam/test_redteam.py",
+              "tests/rlhf/models/test_models.py", "tests/rlhf/cluster/test_jobs.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+        return next((n for n, prefix in enumerate(LONG_FIRST) if path.startswith(prefix)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the order inside each module stays
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> str:
-    """A random tiny Llama folder (built once, then reused from RLHF_CACHE)."""
+    """A random tiny Llama folder (built once, then reused from RLHF_CACHE; test workers that
+    start together take turns, so none reads a half-written folder)."""
+    import fcntl
+
     from rlhf.models.tiny import build_tiny_model
 
-    return str(build_tiny_model(Path(os.environ["RLHF_CACHE"]) / "tiny-llama"))
+    cache = Path(os.environ["RLHF_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".tiny-llama.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return str(build_tiny_model(cache / "tiny-llama"))

@@ -22,7 +22,8 @@ def start_local(num_cpus: int, runtime_env: dict | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(num_cpus=max(num_cpus, _shared_cpus, 1), include_dashboard=False, runtime_env=runtime_env,
+    # "local": never attach to another Ray that runs on this machine (joining one is explicit).
+    ray.init(address="local", num_cpus=max(num_cpus, _shared_cpus, 1), include_dashboard=False, runtime_env=runtime_env,
              log_to_driver=False)
     return not _shared_cpus
 

@@ -98,6 +98,12 @@ def load(path: str | Path, kind: str, fields: dict | None = None,
     return result
 
 
+def validate_rows(rows: list[dict], kind: str, source: str = "") -> LoadResult:
+    """Check rows in memory as `load` checks a file's: bad and duplicate rows are quarantined
+    (never an error, even when none is left)."""
+    return _validate(((n, row, "", None) for n, row in enumerate(rows, 1)), kind, {}, source)
+
+
 _LIST_COLUMNS = {"choices", "responses", "messages"}
 _MAYBE_CHAT_COLUMNS = {"chosen", "rejected", "prompt", "completion"}
 

@@ -283,9 +283,7 @@ def _tables(conn: sqlite3.Connection, production: bool) -> dict[str, tuple[str, 
 def export_feedback(db: str | Path, out_dir: str | Path, production: bool = True) -> dict[str, dict]:
     """Write ratings.jsonl, preferences.jsonl and corrections.jsonl from the endpoint's feedback
     (unless `production` is False) and the reviews; returns {name: {path, rows, kind}}."""
-    import pyarrow as pa
-
-    from rlhf.data.kinds import SCHEMAS
+    from rlhf.data.kinds import SCHEMAS, validate_rows
     from rlhf.data.tables import save
 
     db = Path(db)
@@ -299,7 +297,10 @@ def export_feedback(db: str | Path, out_dir: str | Path, production: bool = True
     out = {}
     for name, (kind, rows) in tables.items():
         schema = SCHEMAS[kind]
-        full = [{f: row.get(f) for f in schema.names} for row in rows]
-        path = save(pa.Table.from_pylist(full, schema=schema), Path(out_dir) / f"{name}.jsonl")
-        out[name] = {"path": str(path), "rows": len(rows), "kind": kind}
+        # Keep what training can read: an empty answer (a model that stopped at once) teaches
+        # nothing and the loader would refuse it; how many were left out, and why, stays in the info.
+        checked = validate_rows([{f: row.get(f) for f in schema.names} for row in rows], kind, f"{db}:{name}")
+        path = save(checked.table, Path(out_dir) / f"{name}.jsonl")
+        out[name] = {"path": str(path), "rows": checked.table.num_rows, "kind": kind,
+                     "dropped": checked.summary()["reasons"]}
     return out

@@ -322,6 +322,7 @@ def server(tiny_model_dir, tmp_path_factory):
         for key, value in SERVE_ENV.items():  # the Serve settings `rlhf serve` uses
             env.setenv(key, value)
         env.delenv("RAY_ADDRESS", raising=False)  # never join someone else's cluster
+        env.setenv("RAY_metrics_report_interval_ms", "1000")  # the monitor test waits for Ray's metrics
         ours = start_ray(srv.cfg)  # a local Ray of our own, unless this process already has one
         srv.start()
         yield srv
@@ -520,15 +521,64 @@ class Load:
         raise AssertionError(f"no answer from {version} within {timeout} s; last: {self.seen[-3:]}")
 
 
+def _users_ask_and_complain(base: str, questions: int) -> int:
+    """Users ask each question twice, say which answer is better and thumb the other down (a
+    scripted user: the answer with more digits wins). Returns the thumbs-down count."""
+    import httpx
+
+    with httpx.Client(base_url=base, timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        for i in range(questions):
+            q = {"question": f"What is {i % 10} plus {(3 * i) % 10}?", "max_tokens": 12, "temperature": 1.0,
+                 "min_tokens": 3}  # sampled, so the two answers differ
+            a, b = (client.post("/ask", json=q).json() for _ in range(2))
+            good, bad = sorted((a, b), key=lambda x: -sum(c.isdigit() for c in x["answer"]))
+            for fb in ({"id": bad["id"], "thumbs": "down"},
+                       {"id": bad["id"], "other_id": good["id"], "preferred": good["id"]}):
+                assert client.post("/feedback", json=fb).status_code == 200
+    return questions
+
+
+def _round_config(tmp_path: Path, server, registry, model: str) -> Path:
+    config = tmp_path / "round.yaml"
+    config.write_text(f"""
+model: {{path: {model}, max_prompt_tokens: 64}}
+data: {{train: "gym:chain_sum?min_terms=2&max_terms=2&max_digits=1", gym_size: 100}}
+eval: {{data: "gym:chain_sum?min_terms=2&max_terms=2&max_digits=1", size: 12, max_new_tokens: 8, bootstrap: 100}}
+serve: {{feedback_db: {server.cfg.serve.feedback_db}}}
+review: {{run_dir: {tmp_path / 'rounds'}, method: dpo, registry: {registry}, tolerance: 1.0}}
+dpo: {{lr: 0.001, beta: 0.1, epochs: 1, batch_size: 4, micro_batch_size: 2, max_length: 64, val_fraction: 0.25,
+       num_workers: 1}}
+monitor: {{history: {tmp_path / 'monitor' / 'history.jsonl'}, min_answers: 5}}
+""")
+    return config
+
+
+def _monitor_counts(timeout: float = 60) -> dict:
+    """Per-version numbers from every node's Ray metrics export, once they stop changing."""
+    from rlhf.lifecycle import monitor as mon
+
+    last, deadline = None, time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        now = {v: mon.numbers(r) for v, r in mon.per_version(mon.scrape(mon.metrics_urls())).items()}
+        if now == last:
+            return now
+        last = now
+        time.sleep(3)
+    return last
+
+
 @pytest.mark.slow
-def test_swap_to_a_promoted_version_and_roll_back_under_load_without_a_failed_request(server, tmp_path):
+def test_swap_after_a_triggered_round_and_roll_back_under_load_without_a_failed_request(server, tmp_path):
+    """The whole loop: v1 served, users complain, `rlhf round --when` retrains on their feedback and
+    promotes v2, the endpoint swaps to it under load, a rollback brings v1 back; nothing fails."""
+    from typer.testing import CliRunner
+
+    from rlhf.cli.main import app
     from rlhf.lifecycle.registry import Registry
-    from rlhf.models.tiny import build_tiny_model
     from serve.run import follow
 
     reg = Registry(tmp_path / "registry")
-    reg.register(server.model_dir, source="manual")
-    reg.register(build_tiny_model(tmp_path / "m1", seed=1), source="manual", parent="v1")
+    v1 = reg.register(server.model_dir, source="manual")
     reg.promote("v1")
     logged: list[str] = []
 
@@ -538,16 +588,24 @@ def test_swap_to_a_promoted_version_and_roll_back_under_load_without_a_failed_re
     current = step(None)
     load = Load(server.base)
     load.thread.start()
+    runner, config = CliRunner(), _round_config(tmp_path, server, reg.root, v1["path"])
     try:
-        first_v1 = load.wait_for("v1", 0)
-        promoted = time.perf_counter()
-        reg.promote("v2")
+        first_v1 = load.wait_for("v1", 0, timeout=120)
+        complaints = _users_ask_and_complain(server.base, 12)
+        not_due = runner.invoke(app, ["round", str(config), "--when", "thumbs_down>=1000"], env={"COLUMNS": "200"})
+        assert not_due.exit_code == 0 and "not due: thumbs_down" in not_due.output, not_due.output
+        assert not (tmp_path / "rounds" / "round-001").exists()
+        ran = runner.invoke(app, ["round", str(config), "--when", f"thumbs_down>={complaints}"],
+                            env={"COLUMNS": "200"})
+        assert ran.exit_code == 0, ran.output
+        assert "[round] due: thumbs_down" in ran.output and "round 1 is v2 (live)" in ran.output, ran.output
+        promoted = time.perf_counter()  # the round's last act was the promotion
         current = step(current)
-        first_v2 = load.wait_for("v2", promoted)
+        first_v2 = load.wait_for("v2", promoted, timeout=120)
         rolled = time.perf_counter()
         reg.rollback(note="thumbs down")
         current = step(current)
-        back = load.wait_for("v1", rolled)
+        back = load.wait_for("v1", rolled, timeout=120)
         time.sleep(1)
     finally:
         load.stop.set()
@@ -560,6 +618,8 @@ def test_swap_to_a_promoted_version_and_roll_back_under_load_without_a_failed_re
     phases = [m for t, _, m, _ in load.seen if first_v1 <= t <= back]
     assert phases[0] == "v1" and phases[-1] == "v1" and "v2" in phases
     assert all(m == "v1" for t, _, m, _ in load.seen if t > back + 0.5)
+    v2 = reg.get("v2")
+    assert v2["source"] == "round 1" and v2["parent"] == "v1" and v2["data"]["preferences"]["rows"] >= complaints
     import httpx
 
     listed = httpx.get(f"{server.base}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
@@ -569,3 +629,14 @@ def test_swap_to_a_promoted_version_and_roll_back_under_load_without_a_failed_re
     store = FeedbackStore(server.cfg.serve.feedback_db)
     assert store.get_answer(v2_answer)["model"].endswith("@v2")
     store.close()
+    # Ray's metrics, summed over every replica and node, count what the clients saw, per version.
+    counts = _monitor_counts()
+    assert counts["v2"]["answers"] == sum(m == "v2" for _, _, m, _ in load.seen)
+    assert counts["v1"]["answers"] >= sum(m == "v1" for _, _, m, _ in load.seen) + 2 * complaints
+    assert counts["v1"]["feedback"]["thumbs_down"] == complaints and counts["v1"]["thumbs_down_rate"] == 1.0
+    shown = runner.invoke(app, ["monitor", "--registry", str(reg.root), "--config", str(config)],
+                          env={"COLUMNS": "200"})
+    print(shown.output)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "v1 (live)" in text and "DRIFT on v1: thumbs-down rate 1 > 0.3" in text

@@ -154,6 +154,21 @@ def test_reviews_feed_the_export_with_production_feedback(stores, tmp_path):
     assert reviews_only["preferences"]["rows"] == 3 and reviews_only["ratings"]["rows"] == 2
 
 
+def test_an_empty_answer_is_left_out_of_the_export_and_counted(stores, tmp_path):
+    store, _ = stores
+    _answer(store, "e1", "Say nothing.", "")  # the model stopped at once
+    _answer(store, "e2", "Say nothing.", "OK.")
+    store.add_feedback("e1", rating=1)
+    store.add_feedback("e2", rating=5)
+    store.add_feedback("e1", other_id="e2", preferred="e2")
+    written = export_feedback(store.path, tmp_path / "x")
+    assert written["ratings"]["rows"] == 1 and written["ratings"]["dropped"] == {"field 'response': empty string": 1}
+    assert written["preferences"]["rows"] == 0
+    assert written["preferences"]["dropped"] == {"field 'rejected': empty string": 1}
+    assert load(written["ratings"]["path"], "ratings").table.to_pylist() == [
+        {"prompt": "Say nothing.", "response": "OK.", "rating": 5}]
+
+
 def test_a_split_vote_teaches_nothing(stores, tmp_path):
     store, reviews = stores
     ids = _ids(reviews)

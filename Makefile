@@ -27,12 +27,8 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# Two workers, one module each at a time (module fixtures such as the shared Serve app and
-# engines stay in one process): starts, imports and waits of one overlap the other's compute.
-TEST_WORKERS ?= 2
-
 test: lint
-	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) .cache runs

@@ -21,8 +21,8 @@ os.environ.setdefault("RLHF_CACHE", str(REPO / ".cache"))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch-extensions"))
 
 
-# Modules that take minutes go first (with pytest-xdist, `-n 2 --dist loadfile`, the workers then
-# finish together; measured slower than one process on 2 cores, so `make test` runs one).
+# Modules that take minutes go first, so a broken end-to-end path fails early in `make test`.
+# Order inside a module is kept.
 LONG_FIRST = ("tests/serve/test_serve.py", "tests/actors/test_rl.py", "tests/rlhf/pipeline/test_pipeline.py",
               "tests/tune/", "tests/rlhf/human/test_review.py", "tests/rlhf/supervised/test_finetune.py",
               "tests/rlhf/evaluation/test_evaluate.py", "tests/rlhf/redteam/test_redteam.py",

@@ -85,31 +85,38 @@ def test_rerun_without_resume_refuses_to_overwrite(grpo_run: Path):
     assert "--resume" in proc.stderr
 
 
-def test_ppo_with_critic_reward_rises(tmp_path: Path):
-    run_dir = tmp_path / "ppo"
-    proc = rlhf("train", "examples/tiny-ppo.yaml", "--run-dir", str(run_dir))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = metrics(run_dir)
-    first, last = mean(r["reward/mean"] for r in rows[:3]), mean(r["reward/mean"] for r in rows[-3:])
-    assert last > first + 0.05, (first, last)
-    assert "loss/value" in rows[-1]
-
-
 # ----------------------------------------------------------------------------- live roles
 
 
 @pytest.fixture(scope="module")
 def live_roles(tmp_path_factory):
-    """Real actors for checks that need to look inside them; one Ray session for all."""
+    """Real PPO actors (with a critic) for checks that look inside them; one Ray session for all.
+    `rlhf train` itself runs above, on GRPO; PPO trains here, in this process, on these roles."""
     from actors.launch import shutdown, start_roles
     from rlhf.config.tree import load_config
     from rlhf.models.loading import load_tokenizer, resolve_model_path
 
-    cfg = load_config(ROOT / "examples" / "tiny-grpo.yaml", ["train.steps=3", "train.save_every=0"])
+    cfg = load_config(ROOT / "examples" / "tiny-ppo.yaml", ["train.save_every=0"])
     path = resolve_model_path(cfg.model.path)
     roles = start_roles(cfg, path, path, "pytest")
     yield cfg, roles, load_tokenizer(path), tmp_path_factory.mktemp("live")
     shutdown("pytest")
+
+
+def test_ppo_with_critic_reward_rises(live_roles):
+    from rlhf.rl.trainer import Trainer
+    from rlhf.tracking import MetricsLog
+
+    cfg, roles, tokenizer, root = live_roles
+    run_dir = root / "ppo"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    log = MetricsLog(run_dir)
+    rows = Trainer(cfg, roles, run_dir, tokenizer).run(log)
+    log.close()
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, cfg.train.steps + 1))
+    first, last = mean(r["reward/mean"] for r in rows[:3]), mean(r["reward/mean"] for r in rows[-3:])
+    assert last > first + 0.05, (first, last)
+    assert "loss/value" in rows[-1]
 
 
 def test_learner_parameters_are_partitioned(live_roles):
@@ -126,8 +133,9 @@ def test_learner_parameters_are_partitioned(live_roles):
 def test_resume_restores_step_optimizer_moments_and_data_position(live_roles):
     from rlhf.rl.trainer import Trainer
 
-    cfg, roles, tokenizer, run_dir = live_roles
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    cfg, roles, tokenizer, root = live_roles
+    run_dir = root / "resume"
+    (run_dir / "checkpoints").mkdir(parents=True)
     trainer = Trainer(cfg, roles, run_dir, tokenizer)
     for _ in range(2):
         trainer.rl_step()

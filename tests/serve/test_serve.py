@@ -315,9 +315,16 @@ class Server:
 def server(tiny_model_dir, tmp_path_factory):
     import ray
 
+    from rlhf.lifecycle.registry import Registry
     from serve.run import SERVE_ENV, start_ray
 
-    srv = Server(tiny_model_dir, tmp_path_factory.mktemp("serve") / "feedback.sqlite")
+    # The served folder is the registry's v1, as `rlhf serve --registry` serves its live version:
+    # following the registry later moves the replicas to v1 in place, with no second engine start.
+    root = tmp_path_factory.mktemp("serve")
+    reg = Registry(root / "registry")
+    reg.register(tiny_model_dir, source="manual")
+    srv = Server(reg.get("v1")["path"], root / "feedback.sqlite")
+    srv.registry = reg.root
     with pytest.MonkeyPatch.context() as env:
         for key, value in SERVE_ENV.items():  # the Serve settings `rlhf serve` uses
             env.setenv(key, value)
@@ -577,9 +584,8 @@ def test_swap_after_a_triggered_round_and_roll_back_under_load_without_a_failed_
     from rlhf.lifecycle.registry import Registry
     from serve.run import follow
 
-    reg = Registry(tmp_path / "registry")
-    v1 = reg.register(server.model_dir, source="manual")
-    reg.promote("v1")
+    reg = Registry(server.registry)
+    v1 = reg.promote("v1")
     logged: list[str] = []
 
     def step(current):  # what `rlhf serve --registry` does every second

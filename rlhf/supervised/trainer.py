@@ -291,6 +291,10 @@ def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list):
     # validation) and the end of training wait for that poll; at 0.25 s a tiny SFT run takes 19 s
     # instead of 32 s (bench/README.md). Propagated by Ray Train to its controller; yours wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    if not (cfg.resources.address or os.environ.get("RAY_ADDRESS")):
+        # A local Ray is one node that no cloud can preempt: Ray Train's preemption watcher
+        # would only be one more actor process to start per run. Clusters keep it.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"job": job, "accelerator": (accelerator, backend)},

@@ -20,12 +20,12 @@ from actors.reference import ReferenceActor
 from actors.reward import RewardActor
 from actors.rollout import RolloutActor
 from actors.weights import resolve_transport
-from rlhf.cluster.resources import Layout, actor_resources, check_fits, role_bundles
+from rlhf.cluster.resources import Layout, actor_resources, check_fits, reference_role, role_bundles
 from rlhf.config.tree import Config, dump_config
 from rlhf.config.typed_yaml import ConfigError
 from rlhf.models.loading import load_tokenizer
 from rlhf.models.runtime import preflight
-from rlhf.rl.batch import Rollout
+from rlhf.rl.batch import Rollout, pad_float_lists, unpack
 from rlhf.rl.trainer import Roles, Trainer
 from rlhf.tracking import MetricsLog
 
@@ -62,6 +62,16 @@ class RolloutGroup:
     def logprobs(self, prompt_ids, response_ids):
         return _get("rollout", self.engines[0].logprobs.remote(prompt_ids, response_ids))
 
+    def base_logprobs(self, prompt_ids, response_ids) -> list[list[float]]:
+        """Logprobs under the engines' base weights (adapter off), rows split across engines."""
+        k = len(self.engines)
+        refs = [e.base_logprobs.remote(prompt_ids[i::k], response_ids[i::k]) for i, e in enumerate(self.engines)]
+        parts = _get("reference", refs)
+        out: list = [None] * len(prompt_ids)
+        for i, part in enumerate(parts):
+            out[i::k] = part
+        return out
+
 
 class AsyncHandle:
     """Turns `actor.method.remote(...)` into a concurrent.futures.Future for the trainer."""
@@ -82,6 +92,21 @@ class RewardClient(AsyncHandle):
 class ReferenceClient(AsyncHandle):
     def logprobs_async(self, *args) -> Future:
         return self.call("logprobs", *args)
+
+
+class EngineReference:
+    """The reference as the rollout engines' base weights (LoRA, reference = initial policy;
+    rlhf/cluster/resources.py reference_role): no reference actor and no second model copy."""
+
+    def __init__(self, engines, pool: ThreadPoolExecutor):
+        self.engines, self.pool = engines, pool
+
+    def logprobs_async(self, sequences, attention_mask, prompt_len: int, response_len: int) -> Future:
+        def run():
+            prompts, responses = unpack(sequences, attention_mask, prompt_len)
+            return pad_float_lists(self.engines.base_logprobs(prompts, responses), response_len)
+
+        return self.pool.submit(run)
 
 
 _STARTED_RAY = False  # True when this process started Ray (and so should stop it)
@@ -133,16 +158,19 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
     ranks = [spawn(LearnerRank, "learner", i, cfg, model_path, i, cfg.learner.num_ranks, run_id)
              for i in range(cfg.learner.num_ranks)]
     reward = spawn(RewardActor, "reward", 0, cfg)
-    reference = spawn(ReferenceActor, "reference", 0, cfg, ref_path) if "reference" in layout.slots else None
+    reference = spawn(ReferenceActor, "reference", 0, cfg, ref_path) if reference_role(cfg) == "actor" else None
     addr, port = _get("learner", ranks[0].address.remote())
     _get("learner", [r.setup.remote(addr, port) for r in ranks])
     _get("rollout", [e.info.remote() for e in engines])
     pool = ThreadPoolExecutor(max_workers=4)
     transport = resolve_transport(cfg.rollout.weight_sync, multi_node=len(ray.nodes()) > 1)
+    rollout = RolloutGroup(engines)
+    references = {"actor": lambda: ReferenceClient("reference", reference, pool),
+                  "engine": lambda: EngineReference(rollout, pool), None: lambda: None}
     return Roles(
-        rollout=RolloutGroup(engines),
+        rollout=rollout,
         reward=RewardClient("reward", reward, pool),
-        reference=ReferenceClient("reference", reference, pool) if reference is not None else None,
+        reference=references[reference_role(cfg)](),
         learner=LearnerGroup(ranks, transport, get=lambda refs: _get("learner", refs)),
         num_ranks=cfg.learner.num_ranks,
     )

@@ -19,7 +19,7 @@ from rlhf.config.tree import Config
 from rlhf.models.loading import load_causal_lm, load_critic, load_tokenizer
 from rlhf.models.logprobs import response_logprobs, token_values
 from rlhf.models.runtime import attention_impl, learner_accelerator, learner_bf16
-from rlhf.models.zero import build_engine, engine_config, gather_full_state, save_hf
+from rlhf.models.zero import build_engine, engine_config, gather_adapter, gather_full_state, save_hf
 from rlhf.rl.advantages import ADVANTAGES
 from rlhf.rl.aggregation import AGGREGATIONS, aggregate, mini_batch_units
 from rlhf.rl.batch import Experience, Samples
@@ -213,15 +213,26 @@ class LearnerRank:
         return gather_full_state(engine.module, self.rank, self.cfg.model.lora)
 
     def publish_weights(self, transport: str):
-        """Collective: gather the policy; rank 0 publishes a WeightPacket, others return None."""
-        from actors.weights import publish
+        """Collective: gather the policy; rank 0 publishes a WeightPacket, others return None.
+        With LoRA only the adapter is gathered and published (the engines keep the base)."""
+        from actors.weights import publish, publish_adapter
 
+        if self.cfg.model.lora.enabled:
+            gathered = gather_adapter(self.policy.module, self.rank)
+            if gathered is None:
+                return None
+            state, config = gathered
+            # In the engine's dtype, as the full weights are (vLLM casts adapters to it anyway).
+            state = {k: v.to(self._engine_dtype()) for k, v in state.items()}
+            return publish_adapter(state, config, self.run_id, self.version, transport)
         state = self._full_state(self.policy)
         if state is None:
             return None
-        dtype = torch.bfloat16 if self.cfg.model.dtype == "bfloat16" else torch.float32
-        state = {k: v.to(dtype) for k, v in state.items()}
+        state = {k: v.to(self._engine_dtype()) for k, v in state.items()}
         return publish(state, self.run_id, self.version, transport)
+
+    def _engine_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.cfg.model.dtype == "bfloat16" else torch.float32
 
     def partition_info(self) -> dict:
         """How much of the policy this rank holds: {"local": numel, "full": numel}."""

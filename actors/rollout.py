@@ -2,32 +2,42 @@
 
 Logprobs are vLLM's raw (pre-temperature) logprobs of the sampled tokens, the same quantity
 the learner computes, so the two can be compared after each weight sync.
+
+With LoRA (`model.lora.enabled`) the engine holds the base weights for the whole run and each
+sync loads only the new adapter, under a new adapter id (vLLM caches adapters by id, so reusing
+one would keep serving the old tensors). The base model with no adapter is the initial policy,
+which is what the reference scores with when it equals the initial policy (`base_logprobs`).
+Every rollout names the weight version it sampled with, so the trainer can refuse a stale one.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 from actors.weights import WeightPacket, local_path
 from rlhf.config.tree import Config
-from rlhf.models.offline import OfflineEngine
+from rlhf.models.offline import OfflineEngine, lora_engine_kwargs
 from rlhf.rl.batch import Rollout
 
 
 class RolloutActor:
-    """One vLLM engine. Public methods: generate, load_weights, logprobs, info."""
+    """One vLLM engine. Public methods: generate, load_weights, logprobs, base_logprobs, info."""
 
     def __init__(self, cfg: Config, model_path: str, run_id: str, engine_index: int = 0):
         self.cfg, self.run_id, self.engine_index = cfg, run_id, engine_index
         # Held for the whole run (never a `with`): engines start once per run. In one process
         # when tensor_parallel_size is 1: the engine core runs inside this actor, which starts
         # in seconds on CPU and keeps collective_rpc a plain call.
+        lora = cfg.model.lora
+        lora = lora_engine_kwargs(lora.r, lora.target_modules) if lora.enabled else {}
         self.engine = OfflineEngine(model_path, cfg, in_process=cfg.rollout.tensor_parallel_size == 1,
                                     seed=cfg.train.seed + engine_index,
-                                    worker_extension_cls="actors.weights.WeightReceiver").start()
+                                    worker_extension_cls="actors.weights.WeightReceiver", **lora).start()
         self.start_seconds = self.engine.start_seconds
         self.weights_version = 0
+        self.adapter = None  # the LoRARequest of the policy's current adapter; None: the base weights
 
     def info(self) -> dict:
         return {"engine": self.engine_index, "start_seconds": self.start_seconds, "version": self.weights_version}
@@ -40,9 +50,10 @@ class RolloutActor:
         # reproducible instead.
         params = {"n": r.n_samples, "max_tokens": r.max_new_tokens, "temperature": r.temperature,
                   "top_p": r.top_p, "logprobs": 0}
-        samples = self.engine.sample(prompt_ids, params)
+        samples = self.engine.sample(prompt_ids, params, lora_request=self.adapter)
         parts: dict[str, list] = {k: [] for k in ("prompt_ids", "response_ids", "response_text",
-                                                  "rollout_logprobs", "prompt_index", "finish_reason")}
+                                                  "rollout_logprobs", "prompt_index", "finish_reason",
+                                                  "weight_version")}
         for ids, idx, out in zip(prompt_ids, prompt_index, samples):
             for sample in out:
                 parts["prompt_ids"].append(list(ids))
@@ -51,20 +62,43 @@ class RolloutActor:
                 parts["rollout_logprobs"].append(sample.logprobs)
                 parts["prompt_index"].append(idx)
                 parts["finish_reason"].append(str(sample.finish_reason))
+                parts["weight_version"].append(self.weights_version)
         return Rollout(**parts)
 
     def load_weights(self, packet: WeightPacket) -> float:
         """Swap in new policy weights without restarting the engine; returns seconds taken."""
         started = time.perf_counter()
         path = local_path(packet, self.run_id)
-        self.engine.llm.collective_rpc("load_weights_from_file", args=(path,))
+        if packet.kind == "adapter":
+            self._load_adapter(path, packet.version)
+        else:
+            self.engine.llm.collective_rpc("load_weights_from_file", args=(path,))
         # Cached prefixes were computed with the old weights.
         self.engine.llm.reset_prefix_cache()
         self.weights_version = packet.version
         if packet.transport != "shm":
-            os.unlink(path)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
         return time.perf_counter() - started
 
+    def _load_adapter(self, folder: str, version: int) -> None:
+        """Load the adapter now (not lazily at the next generate, so the sync pays for it and the
+        folder may go) under id version + 1 (ids start at 1), then drop the previous one."""
+        from vllm.lora.request import LoRARequest
+
+        engine = self.engine.llm.llm_engine
+        adapter = LoRARequest(f"policy-v{version}", version + 1, folder)
+        if not engine.add_lora(adapter):
+            raise RuntimeError(f"vLLM did not load the policy adapter v{version} from {folder}")
+        if self.adapter is not None:
+            engine.remove_lora(self.adapter.lora_int_id)
+        self.adapter = adapter
+
     def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
-        """[N][T_i] engine logprobs of given responses (teacher forcing via prompt logprobs)."""
+        """[N][T_i] the current policy's logprobs of given responses (teacher forcing via
+        prompt logprobs)."""
+        return self.engine.teacher_forced_logprobs(prompt_ids, response_ids, lora_request=self.adapter)
+
+    def base_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        """[N][T_i] logprobs under the base weights with no adapter: with LoRA, the initial
+        policy, i.e. the reference when it is the initial policy."""
         return self.engine.teacher_forced_logprobs(prompt_ids, response_ids)

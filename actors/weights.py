@@ -2,7 +2,9 @@
 
 The learner's rank 0 gathers the ZeRO-3 partitions into a full state dict and publishes it as
 a `WeightPacket`; every rollout actor then loads the packet in place, without restarting its
-engine. Transports behind the one packet type:
+engine. With LoRA only the adapter travels (`kind="adapter"`): a peft adapter folder
+(adapter_config.json + adapter_model.safetensors) that the engine loads as a vLLM LoRA adapter,
+under a new adapter id per version. Transports behind the one packet type:
 
 - `shm`: a safetensors file in /dev/shm (one node; the engine memory-maps it, ~40 ms tiny).
 - `object_store`: the state dict travels through Ray's object store (across nodes); the
@@ -15,7 +17,9 @@ is not reloaded by vLLM (its weights arrive through the embedding), so it is rep
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +34,11 @@ class WeightPacket:
 
     version: int  # learner update count that produced these weights
     transport: str  # "shm" | "object_store"
-    path: str = ""  # shm: safetensors file readable on this node
+    path: str = ""  # shm: safetensors file (full) or adapter folder (adapter) readable on this node
     ref: Any = None  # object_store: a Ray ObjectRef of {name: tensor}
-    num_bytes: int = 0
+    num_bytes: int = 0  # tensor bytes published (what a sync moves to every engine)
+    kind: str = "full"  # "full": every weight, HF names | "adapter": LoRA tensors, peft names
+    adapter_config: dict | None = None  # adapter: peft's adapter_config.json contents
 
 
 class WeightReceiver:
@@ -70,20 +76,56 @@ def write_safetensors(state: dict, path: Path) -> int:
     return path.stat().st_size
 
 
+def tensor_bytes(state: dict) -> int:
+    """Bytes of the tensors in `state` (what a sync moves, whatever the file format adds)."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
 def publish(state: dict, run_id: str, version: int, transport: str) -> WeightPacket:
     """Make `state` available to rollout actors; old versions are removed."""
+    nbytes = tensor_bytes(state)
     if transport == "object_store":
         import ray
 
-        nbytes = sum(t.numel() * t.element_size() for t in state.values())
         return WeightPacket(version, "object_store", ref=ray.put(state), num_bytes=nbytes)
     folder = shm_dir(run_id)
     path = folder / f"policy-v{version}.safetensors"
-    nbytes = write_safetensors(state, path)
+    write_safetensors(state, path)
     for old in folder.glob("policy-v*.safetensors"):
         if old != path:
             old.unlink(missing_ok=True)
     return WeightPacket(version, "shm", path=str(path), num_bytes=nbytes)
+
+
+def publish_adapter(state: dict, adapter_config: dict, run_id: str, version: int, transport: str) -> WeightPacket:
+    """Make a LoRA adapter available to rollout actors as a peft folder; older ones are removed.
+
+    `state` holds peft's saved names (`base_model.model.<module>.lora_{A,B}.weight`)."""
+    nbytes = tensor_bytes(state)
+    if transport == "object_store":
+        import ray
+
+        return WeightPacket(version, "object_store", ref=ray.put(state), num_bytes=nbytes, kind="adapter",
+                            adapter_config=adapter_config)
+    folder = shm_dir(run_id)
+    path = write_adapter(state, adapter_config, folder / f"adapter-v{version}")
+    for old in folder.glob("adapter-v*"):
+        if old != path:
+            shutil.rmtree(old, ignore_errors=True)
+    return WeightPacket(version, "shm", path=str(path), num_bytes=nbytes, kind="adapter",
+                        adapter_config=adapter_config)
+
+
+def write_adapter(state: dict, adapter_config: dict, folder: Path) -> Path:
+    """A peft adapter folder, written whole under a temporary name and then renamed."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_safetensors(state, tmp / "adapter_model.safetensors")
+    (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
 
 
 def local_path(packet: WeightPacket, run_id: str) -> str:
@@ -93,6 +135,8 @@ def local_path(packet: WeightPacket, run_id: str) -> str:
     import ray
 
     state = packet.ref if isinstance(packet.ref, dict) else ray.get(packet.ref)
+    if packet.kind == "adapter":
+        return str(write_adapter(state, packet.adapter_config, shm_dir(run_id) / f"recv-{os.getpid()}-adapter"))
     path = shm_dir(run_id) / f"recv-{os.getpid()}-v{packet.version}.safetensors"
     write_safetensors(state, path)
     return str(path)
@@ -107,6 +151,4 @@ def resolve_transport(setting: str, multi_node: bool) -> str:
 
 
 def cleanup(run_id: str) -> None:
-    import shutil
-
     shutil.rmtree(SHM_ROOT / f"rlhf-{run_id}", ignore_errors=True)

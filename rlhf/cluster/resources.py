@@ -83,6 +83,15 @@ def check_resources(cfg: Config) -> None:
               "each tensor-parallel shard holds a whole GPU")
 
 
+def reference_role(cfg: Config) -> str | None:
+    """Who scores the reference logprobs for the KL term: None (no KL), "engine" (LoRA with the
+    initial policy as reference: the rollout engine's base weights with the adapter off, so no
+    second copy of the model is held) or "actor" (a frozen model in its own actor)."""
+    if not (cfg.reference.enabled and cfg.algo.kl_coef > 0):
+        return None
+    return "engine" if cfg.model.lora.enabled and not cfg.reference.path else "actor"
+
+
 def role_bundles(cfg: Config) -> Layout:
     """rollout engines, learner ranks, reward and reference -> bundles (see the module rules)."""
     check_resources(cfg)
@@ -96,7 +105,7 @@ def role_bundles(cfg: Config) -> Layout:
         layout.add("rollout", ask(cpu, r.gpus_per_rollout * cfg.rollout.tensor_parallel_size))
     for _ in range(cfg.learner.num_ranks):
         layout.add("learner", ask(cpu, r.gpus_per_learner))
-    needs_reference = cfg.reference.enabled and cfg.algo.kl_coef > 0
+    needs_reference = reference_role(cfg) == "actor"
     if r.colocate and needs_reference:
         # Reward and reference are small forward-only models scored at the same time: one
         # bundle's CPU is split between them, and each brings its own GPU fraction. Rule rewards

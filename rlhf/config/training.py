@@ -89,6 +89,10 @@ class RolloutConfig:
     object_store (Ray's object store, across nodes), or auto (shm on one node, else object_store)."""
     check_logprobs: bool = True
     """After each weight sync, compare rollout and learner logprobs on a probe batch."""
+    max_logprob_diff: float = -1.0
+    """The run stops when the probe's largest |engine - learner| logprob exceeds this (a sync
+    that left an engine on other weights). -1 picks by model.dtype: 1e-3 in float32, 0.5 in
+    bfloat16 (bench/README.md, Measurements); 0 turns the check off."""
 
 
 @dataclass

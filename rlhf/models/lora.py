@@ -82,3 +82,20 @@ def merge_lora_state(state: dict, scale: float) -> dict:
         delta = (parts["B"].float() @ parts["A"].float()) * scale
         merged[weight] = (merged[weight].float() + delta).to(merged[weight].dtype)
     return merged
+
+
+def adapter_state(model, state: dict) -> dict:
+    """The adapter tensors of a peft model in the names peft saves and vLLM loads
+    (`base_model.model.<module>.lora_A.weight`, no adapter name), from `state` keyed as in
+    `model.named_parameters()`."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model, state_dict=state)
+
+
+def adapter_config(model) -> dict:
+    """adapter_config.json contents of a peft model's adapter (JSON-ready: sets become lists)."""
+    import json
+
+    config = model.peft_config["default"].to_dict()
+    return json.loads(json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))

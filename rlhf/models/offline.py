@@ -21,6 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # vllm loads lazily so `rlhf` imports fast
     from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+# LoRA ranks vLLM accepts for `max_lora_rank` (vllm/config/lora.py); an adapter of rank r loads
+# into an engine whose max_lora_rank is at least r.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def vllm_engine_kwargs(cfg, max_new_tokens: int | None = None) -> dict:
@@ -41,6 +46,21 @@ def vllm_engine_kwargs(cfg, max_new_tokens: int | None = None) -> dict:
     else:
         kwargs["kv_cache_memory_bytes"] = int(cfg.rollout.kv_cache_gib * (1 << 30))
     return kwargs
+
+
+def lora_engine_kwargs(rank: int, target_modules: Sequence[str]) -> dict:
+    """Engine arguments that let it serve one LoRA adapter of rank `rank` on `target_modules` at
+    a time (the policy's current adapter; the base model stays available with no adapter).
+
+    LoRA is wrapped around the target modules only: left to vLLM's default (every supported
+    module) the LM head is wrapped too, and vLLM 0.32's CPU LoRA logits path then fails on
+    prompt logprobs (its sampler indices cover one row per request, not every prompt token),
+    which teacher-forced scoring needs."""
+    fits = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fits:
+        raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+    return {"enable_lora": True, "max_lora_rank": fits[0], "max_loras": 1,
+            "lora_target_modules": list(target_modules)}
 
 
 @dataclass
@@ -104,9 +124,10 @@ class OfflineEngine:
         return self.llm
 
     def sample(self, prompt_ids: Sequence[Sequence[int]], params: Mapping[str, Any] | SamplingParams,
-               use_tqdm: bool = False) -> list[list[Sample]]:
+               use_tqdm: bool = False, lora_request: LoRARequest | None = None) -> list[list[Sample]]:
         """[N][P_i] prompt ids -> [N][n] samples; `params` is a SamplingParams or its keyword
-        arguments (n, temperature, top_p, max_tokens, logprobs, ...)."""
+        arguments (n, temperature, top_p, max_tokens, logprobs, ...); `lora_request` samples
+        with that adapter on (an engine started with `lora_engine_kwargs`), None with the base."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -115,13 +136,14 @@ class OfflineEngine:
         if isinstance(params, Mapping):
             params = SamplingParams(**params)
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
-        outputs = self._engine().generate(prompts, params, use_tqdm=use_tqdm)
+        outputs = self._engine().generate(prompts, params, use_tqdm=use_tqdm, lora_request=lora_request)
         return [[_sample(s) for s in out.outputs] for out in outputs]
 
-    def teacher_forced_logprobs(self, prompt_ids: Sequence[Sequence[int]],
-                                response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+    def teacher_forced_logprobs(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+                                lora_request: LoRARequest | None = None) -> list[list[float]]:
         """[N][P_i] prompts and [N][T_i] given responses -> [N][T_i] the engine's raw logprob of
-        each response token after its prompt and the response tokens before it."""
+        each response token after its prompt and the response tokens before it (with the
+        adapter of `lora_request` on, or the base model when None)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -132,7 +154,7 @@ class OfflineEngine:
         # its draw advances the engine's random stream, and later rollouts depend on that.
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
         seqs = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r in zip(prompt_ids, response_ids)]
-        outputs = self._engine().generate(seqs, params, use_tqdm=False)
+        outputs = self._engine().generate(seqs, params, use_tqdm=False, lora_request=lora_request)
         # Entry i of prompt_logprobs scores token i of the sequence (entry 0, with no context, is None).
         return [[out.prompt_logprobs[len(p) + j][t].logprob for j, t in enumerate(r)]
                 for p, r, out in zip(prompt_ids, response_ids, outputs)]

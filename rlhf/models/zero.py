@@ -90,6 +90,21 @@ def gather_full_state(module, rank: int, lora: LoraConfig | None = None, chunk_n
     return state
 
 
+def gather_adapter(module, rank: int) -> tuple[dict, dict] | None:
+    """Gather only the LoRA adapter of a peft model (collective; a few MB instead of the whole
+    model): rank 0 gets (state in peft's saved names, adapter_config.json contents), others None."""
+    import deepspeed
+
+    from rlhf.models.lora import adapter_config, adapter_state
+
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+        if rank != 0:
+            return None
+        state = {n: p.data.detach().to("cpu", copy=True) for n, p in named}
+    return adapter_state(module, state), adapter_config(module)
+
+
 def save_hf(state: dict, config, out_dir: str | Path, tokenizer, model_class) -> Path:
     """Write `state` as a Hugging Face folder with `config` (a transformers config object)."""
     out = Path(out_dir)

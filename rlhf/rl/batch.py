@@ -34,10 +34,13 @@ class Rollout:
     rollout_logprobs: list[list[float]]  # [B][T_i] behaviour logprob of each response token
     prompt_index: list[int]  # [B] which prompt of the step each sample answers
     finish_reason: list[str] = field(default_factory=list)  # [B] "stop" | "length" | ...
+    weight_version: list[int] = field(default_factory=list)  # [B] policy version the engine sampled with
 
     def __post_init__(self) -> None:
         if not self.finish_reason:
             self.finish_reason = ["" for _ in self.prompt_ids]
+        if not self.weight_version:
+            self.weight_version = [0 for _ in self.prompt_ids]
         lengths = {name: len(getattr(self, name)) for name in self._fields()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"Rollout lists differ in length: {lengths}")
@@ -150,6 +153,16 @@ def pack(rollout: Rollout, pad_id: int) -> Samples:
     behaviour = pad_float_lists(rollout.rollout_logprobs, mask.shape[1])
     return Samples(sequences=seqs, attention_mask=attn, response_mask=mask, prompt_len=plen,
                    rollout_logprobs=behaviour)
+
+
+def unpack(sequences: Tensor, attention_mask: Tensor, prompt_len: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The inverse of `pack_sequences`: [B, P+T] packed rows -> ([B][P_i] prompts, [B][T_i]
+    responses) without padding, for a pass that takes token lists (a vLLM engine)."""
+    prompts, responses = [], []
+    for row, mask in zip(sequences.tolist(), attention_mask.tolist()):
+        prompts.append([t for t, m in zip(row[:prompt_len], mask[:prompt_len]) if m])
+        responses.append([t for t, m in zip(row[prompt_len:], mask[prompt_len:]) if m])
+    return prompts, responses
 
 
 def pack_sequences(

@@ -81,6 +81,28 @@ class Interrupted(Exception):
     """Ctrl-C during training: the trainer saved a checkpoint before raising this."""
 
 
+class WeightSyncError(RuntimeError):
+    """The rollout engines are not on the weights the learner published: a rollout sampled with
+    another version, or the engine and the learner disagree on logprobs after a sync."""
+
+
+def check_weight_version(rollout: Rollout, published: int) -> None:
+    """Refuse a rollout that was not sampled with the version just published (a sync that never
+    reached an engine would otherwise train on samples of a stale policy without a sign)."""
+    stale = sorted(set(rollout.weight_version) - {published})
+    if stale:
+        raise WeightSyncError(f"the rollout was sampled with weight version(s) {stale}, but the learner published "
+                              f"version {published}: an engine missed a weight sync")
+
+
+def check_probe(diff: float, bound: float, version: int) -> None:
+    """Fail loudly when engine and learner score the same tokens differently after a sync."""
+    if bound > 0 and diff > bound:
+        raise WeightSyncError(f"after the sync to weight version {version} the engine's logprobs differ from the "
+                              f"learner's by {diff:.3g} > rollout.max_logprob_diff={bound:g}: the engine is not "
+                              "on the learner's weights (a sync that did nothing, or a wrong adapter or dtype)")
+
+
 class Trainer:
     """Owns the step counter, the prompt sampler and the KL controller; runs `rl_step`s."""
 
@@ -95,6 +117,7 @@ class Trainer:
         self.single_update = single_update(cfg.learner.ppo_epochs, cfg.learner.mini_batches,
                                            ADVANTAGES[cfg.algo.name].needs_critic)
         self.step = 0
+        self.weight_version = 0  # the policy version the engines must sample with (0: initial)
         self.progress = progress or (lambda step, metrics: None)
         self.pad_id = tokenizer.pad_token_id
 
@@ -133,7 +156,8 @@ class Trainer:
         # Both sides now hold the new weights: they must score the same tokens alike.
         if self.cfg.rollout.check_logprobs:
             with timer("probe"):
-                sync_stats["rollout/logprob_diff"] = self.probe_logprob_diff(rollout)
+                sync_stats["rollout/logprob_diff"] = diff = self.probe_logprob_diff(rollout)
+            check_probe(diff, self.cfg.rollout.max_logprob_diff, self.weight_version)
         self.kl_ctl.update(kl, len(exp))
         self.step += 1
         learner_stats = {k: v for k, v in old.items() if k not in ("old_logprobs", "values")}
@@ -147,6 +171,7 @@ class Trainer:
         batch = self.prompts.batch(self.sampler.next_indices())
         with timer("generate"):
             rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))))
+        check_weight_version(rollout, self.weight_version)
         return batch, rollout
 
     def draw_informative(self, timer: Timer) -> tuple[PromptBatch, Rollout, tuple, dict]:
@@ -187,13 +212,18 @@ class Trainer:
         return exp, kl
 
     def sync_weights(self) -> dict:
+        """Publish the updated policy and load it into the engines; the metrics name the version
+        this step's rollout sampled with and the bytes this sync moved (an adapter with LoRA)."""
         # Timed apart (inside timing/sync): the learner's gather and publish, the engine's reload.
         parts = Timer()
+        sampled_with = self.weight_version
         with parts("sync_publish"):
             packet = self.roles.learner.publish_weights()
         with parts("sync_load"):
             load_seconds = self.roles.rollout.load_weights(packet)
-        return {"perf/weight_load_seconds": load_seconds,
+        self.weight_version = packet.version
+        return {"perf/weight_load_seconds": load_seconds, "perf/sync_bytes": float(packet.num_bytes),
+                "perf/weight_version": float(sampled_with),
                 **{k: v for k, v in parts.metrics().items() if k != "timing/step"}}
 
     def probe_logprob_diff(self, rollout: Rollout) -> float:
@@ -276,7 +306,9 @@ class Trainer:
         self.kl_ctl.value = float(state["kl_coef"])
         random.setstate(_rng_state(state["python_rng"]))
         # The engines still hold the initial weights: bring them to the checkpoint's.
-        self.roles.rollout.load_weights(self.roles.learner.publish_weights())
+        packet = self.roles.learner.publish_weights()
+        self.roles.rollout.load_weights(packet)
+        self.weight_version = packet.version
         return self.step
 
 

@@ -5,114 +5,34 @@ handed to the trainer through the Protocols of rlhf/rl/trainer.py. One step, che
 from __future__ import annotations
 
 import random
-import socket
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import pytest
 import torch
 
 from rlhf.config.tree import load_config
 from rlhf.models.loading import load_tokenizer
-from rlhf.rl.batch import Experience, Samples
-from rlhf.rl.trainer import Roles, Trainer, merge_metrics
+from rlhf.rl.trainer import Trainer, merge_metrics
 from rlhf.tracking import MetricsLog
 
 pytestmark = pytest.mark.slow
-POOL = ThreadPoolExecutor(max_workers=3)
-
-
-def _later(fn, *args) -> Future:
-    return POOL.submit(fn, *args)
-
-
-class Engines:
-    """RolloutEngines over one in-process RolloutActor."""
-
-    def __init__(self, actor):
-        self.actor = actor
-
-    def generate(self, prompt_ids, prompt_index):
-        return self.actor.generate(prompt_ids, prompt_index).sorted_by_prompt()
-
-    def load_weights(self, packet) -> float:
-        return self.actor.load_weights(packet)
-
-    def logprobs(self, prompt_ids, response_ids):
-        return self.actor.logprobs(prompt_ids, response_ids)
-
-
-class Scorer:
-    def __init__(self, actor):
-        self.actor = actor
-
-    def score_async(self, *args) -> Future:
-        return _later(self.actor.score, *args)
-
-
-class Reference:
-    def __init__(self, actor):
-        self.actor = actor
-
-    def logprobs_async(self, *args) -> Future:
-        return _later(self.actor.logprobs, *args)
-
-
-class OneRank:
-    """Learner over one LearnerRank; records every batch it is asked to train on."""
-
-    def __init__(self, rank):
-        self.rank, self.updates = rank, []
-
-    def forward_async(self, samples: Samples) -> Future:
-        return _later(self.rank.forward, samples)
-
-    def update(self, exp: Experience, kl_coef: float) -> dict:
-        self.updates.append(exp)
-        return self.rank.update(exp, kl_coef)
-
-    def publish_weights(self):
-        return self.rank.publish_weights("shm")
-
-    def save(self, folder, tag):
-        self.rank.save(folder, tag)
-
-    def load(self, folder, tag):
-        return self.rank.load(folder, tag)
-
-    def export(self, out_dir):
-        return self.rank.export(out_dir)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def trainer(tiny_model_dir, tmp_path_factory):
-    from actors.learner import LearnerRank
-    from actors.reference import ReferenceActor
-    from actors.reward import RewardActor
-    from actors.rollout import RolloutActor
-    from actors.weights import cleanup
-
+def trainer(tiny_model_dir, tmp_path_factory, inprocess_roles):
+    build_roles, close_roles = inprocess_roles
     cfg = load_config(None, [
         f"model.path={tiny_model_dir}", "model.max_prompt_tokens=64", "data.train=gym:basic_arithmetic",
         "data.gym_size=64", "rollout.n_samples=4", "rollout.max_new_tokens=16", "reward.rules={numeric: 1.0}",
         "algo.name=grpo", "algo.kl_coef=0.05", "learner.num_ranks=1", "learner.lr=0.003",
         "learner.micro_batch_size=8", "train.prompts_per_step=2", "train.steps=1"])
     run_id = "inproc"
-    rank = LearnerRank(cfg, tiny_model_dir, 0, 1, run_id)
-    rank.setup("127.0.0.1", _free_port())
-    learner = OneRank(rank)
-    roles = Roles(rollout=Engines(RolloutActor(cfg, tiny_model_dir, run_id)), reward=Scorer(RewardActor(cfg)),
-                  reference=Reference(ReferenceActor(cfg, tiny_model_dir)), learner=learner, num_ranks=1)
+    roles = build_roles(cfg, tiny_model_dir, run_id)
     run_dir = tmp_path_factory.mktemp("inproc")
     (run_dir / "checkpoints").mkdir()
     yield Trainer(cfg, roles, run_dir, load_tokenizer(tiny_model_dir))
-    cleanup(run_id)
+    close_roles(roles, run_id)
 
 
 def test_one_step_by_hand(trainer):
@@ -138,6 +58,11 @@ def test_one_step_by_hand(trainer):
     assert metrics["rollout/behaviour_logprob_diff"] < 1e-3 and metrics["objective/entropy"] > 0
     # The new weights reached the engine: both sides score the step's samples alike again.
     assert metrics["rollout/logprob_diff"] < 1e-3 and metrics["perf/weight_load_seconds"] > 0
+    # The engine sampled with the initial weights (version 0); the sync moved every weight once
+    # (fp32, the tied LM head stored once, as in the model's own file).
+    assert metrics["perf/weight_version"] == 0 and trainer.weight_version == 1
+    params = trainer.roles.learner.rank.policy.module.parameters()
+    assert metrics["perf/sync_bytes"] == 4 * sum(getattr(p, "ds_numel", p.numel()) for p in params)
     for key in ("timing/generate", "timing/score", "timing/advantages", "timing/update", "timing/sync",
                 "loss/policy", "clip_ratio/region_mean"):
         assert key in metrics, key
@@ -219,7 +144,9 @@ class TieBreakingScorer:
     def score_async(self, questions, responses, references, choices, n_tokens) -> Future:
         self.calls.append(list(questions))
         rewards = [float(j % 2) if self.informative(q) else 0.5 for j, q in enumerate(questions)]
-        return _later(lambda: (rewards, {"reward/crafted": rewards}))
+        done: Future = Future()
+        done.set_result((rewards, {"reward/crafted": rewards}))
+        return done
 
 
 def test_dynamic_sampling_trains_on_groups_whose_rewards_differ(trainer, monkeypatch):

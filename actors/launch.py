@@ -15,11 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from actors import placement
+from actors.gpu_weights import GPU_TRANSPORTS, choose_transport
 from actors.learner import LearnerGroup, LearnerRank
 from actors.reference import ReferenceActor
 from actors.reward import RewardActor
 from actors.rollout import RolloutActor
-from actors.weights import resolve_transport
 from rlhf.cluster.resources import Layout, actor_resources, check_fits, reference_role, role_bundles
 from rlhf.config.tree import Config, dump_config
 from rlhf.config.typed_yaml import ConfigError
@@ -163,7 +163,11 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
     _get("learner", [r.setup.remote(addr, port) for r in ranks])
     _get("rollout", [e.info.remote() for e in engines])
     pool = ThreadPoolExecutor(max_workers=4)
-    transport = resolve_transport(cfg.rollout.weight_sync, multi_node=len(ray.nodes()) > 1)
+    # The project's layout gives engines GPUs of their own, never the learner's (colocated=False).
+    transport = choose_transport(cfg.rollout.weight_sync, cfg.resources.use_gpu, len(ray.nodes()) > 1, False)
+    if transport in GPU_TRANSPORTS:
+        addr, port = _get("learner", ranks[0].address.remote())  # a second free port, for vLLM's group
+        _get("learner", [r.connect_engines.remote(engines, addr, port) for r in ranks])
     rollout = RolloutGroup(engines)
     references = {"actor": lambda: ReferenceClient("reference", reference, pool),
                   "engine": lambda: EngineReference(rollout, pool), None: lambda: None}

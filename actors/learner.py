@@ -7,6 +7,7 @@ method that runs the model is called on all ranks at once with equal-sized shard
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -15,6 +16,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from actors.gpu_weights import (
+    DEFAULT_BUCKET_BYTES,
+    GPU_TRANSPORTS,
+    GpuWeightSender,
+    full_shapes,
+    gathered_buckets,
+    plan_buckets,
+    ray_call,
+    wire_meta,
+)
 from rlhf.config.tree import Config
 from rlhf.models.loading import load_causal_lm, load_critic, load_tokenizer
 from rlhf.models.logprobs import response_logprobs, token_values
@@ -217,6 +228,8 @@ class LearnerRank:
         With LoRA only the adapter is gathered and published (the engines keep the base)."""
         from actors.weights import publish, publish_adapter
 
+        if transport in GPU_TRANSPORTS:
+            return self._stream_weights(transport)
         if self.cfg.model.lora.enabled:
             gathered = gather_adapter(self.policy.module, self.rank)
             if gathered is None:
@@ -230,6 +243,27 @@ class LearnerRank:
             return None
         state = {k: v.to(self._engine_dtype()) for k, v in state.items()}
         return publish(state, self.run_id, self.version, transport)
+
+    def connect_engines(self, engines: list, address: str, port: int) -> None:
+        """Collective, nccl/ipc only: join the rollout engines through vLLM's weight-transfer
+        engine (rank 0 sends; `address:port` is a free port on rank 0's node for the NCCL group)."""
+        tp = [self.cfg.rollout.tensor_parallel_size] * len(engines)
+        self.sender = GpuWeightSender(self.cfg.rollout.weight_sync, self.rank, tp,
+                                      ray_call(engines) if self.rank == 0 else None, dtype=self._engine_dtype(),
+                                      master_address=address, master_port=port)
+        shapes = full_shapes(self.policy.module)
+        self.sender.setup(shapes)
+        self.bucket_plan = plan_buckets([(name, nbytes) for name, _, nbytes in shapes], DEFAULT_BUCKET_BYTES)
+        sent = wire_meta([(name, shape) for name, shape, _ in shapes])
+        self.wire_bytes = sum(math.prod(shape) for _, shape in sent) * self._engine_dtype().itemsize
+
+    def _stream_weights(self, transport: str):
+        """Collective: gather and send one bucket at a time straight into the engines (no file,
+        no second full copy); rank 0 returns the packet that names the version sent."""
+        from actors.weights import WeightPacket
+
+        self.sender.send(gathered_buckets(self.policy.module, self.bucket_plan), self.version)
+        return WeightPacket(self.version, transport, num_bytes=self.wire_bytes) if self.rank == 0 else None
 
     def _engine_dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.cfg.model.dtype == "bfloat16" else torch.float32

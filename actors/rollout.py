@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 
+from actors import gpu_weights
 from actors.weights import WeightPacket, local_path
 from rlhf.config.tree import Config
 from rlhf.models.offline import OfflineEngine, lora_engine_kwargs
@@ -23,7 +24,8 @@ from rlhf.rl.batch import Rollout
 
 
 class RolloutActor:
-    """One vLLM engine. Public methods: generate, load_weights, logprobs, base_logprobs, info."""
+    """One vLLM engine. Public methods: generate, load_weights, logprobs, base_logprobs, info, and
+    the GPU transports' receiving side (init_weight_transfer ... finish_weight_update)."""
 
     def __init__(self, cfg: Config, model_path: str, run_id: str, engine_index: int = 0):
         self.cfg, self.run_id, self.engine_index = cfg, run_id, engine_index
@@ -31,10 +33,14 @@ class RolloutActor:
         # when tensor_parallel_size is 1: the engine core runs inside this actor, which starts
         # in seconds on CPU and keeps collective_rpc a plain call.
         lora = cfg.model.lora
-        lora = lora_engine_kwargs(lora.r, lora.target_modules) if lora.enabled else {}
+        extra = lora_engine_kwargs(lora.r, lora.target_modules) if lora.enabled else {}
+        if cfg.rollout.weight_sync in gpu_weights.GPU_TRANSPORTS:
+            # GPU to GPU through vLLM's weight-transfer engine (actors/gpu_weights.py).
+            os.environ.update(gpu_weights.engine_env(cfg.rollout.weight_sync))
+            extra.update(gpu_weights.engine_kwargs(cfg.rollout.weight_sync))
         self.engine = OfflineEngine(model_path, cfg, in_process=cfg.rollout.tensor_parallel_size == 1,
                                     seed=cfg.train.seed + engine_index,
-                                    worker_extension_cls="actors.weights.WeightReceiver", **lora).start()
+                                    worker_extension_cls="actors.weights.WeightReceiver", **extra).start()
         self.start_seconds = self.engine.start_seconds
         self.weights_version = 0
         self.adapter = None  # the LoRARequest of the policy's current adapter; None: the base weights
@@ -67,6 +73,12 @@ class RolloutActor:
 
     def load_weights(self, packet: WeightPacket) -> float:
         """Swap in new policy weights without restarting the engine; returns seconds taken."""
+        if packet.transport in gpu_weights.GPU_TRANSPORTS:
+            # Already streamed in by the learner (the methods below); only check it landed.
+            if self.weights_version != packet.version:
+                raise RuntimeError(f"engine {self.engine_index} holds weight version {self.weights_version} after "
+                                   f"a {packet.transport} sync of version {packet.version}")
+            return 0.0
         started = time.perf_counter()
         path = local_path(packet, self.run_id)
         if packet.kind == "adapter":
@@ -92,6 +104,22 @@ class RolloutActor:
         if self.adapter is not None:
             engine.remove_lora(self.adapter.lora_int_id)
         self.adapter = adapter
+
+    # The receiving side of the nccl and ipc transports, called by the learner's rank 0 through
+    # vLLM's trainer engine (actors/gpu_weights.py EngineClient) while it sends.
+
+    def init_weight_transfer(self, init_info: dict) -> None:
+        gpu_weights.engine_init(self.engine.llm, init_info)
+
+    def start_weight_update(self) -> None:
+        gpu_weights.engine_start(self.engine.llm)
+
+    def update_weights(self, update_info: dict) -> None:
+        gpu_weights.engine_update(self.engine.llm, update_info)
+
+    def finish_weight_update(self, version: str) -> None:
+        gpu_weights.engine_finish(self.engine.llm, version)
+        self.weights_version = int(version)
 
     def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         """[N][T_i] the current policy's logprobs of given responses (teacher forcing via

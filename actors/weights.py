@@ -33,7 +33,7 @@ class WeightPacket:
     """One published version of the policy weights."""
 
     version: int  # learner update count that produced these weights
-    transport: str  # "shm" | "object_store"
+    transport: str  # "shm" | "object_store" | "nccl" | "ipc" (already streamed into the engines)
     path: str = ""  # shm: safetensors file (full) or adapter folder (adapter) readable on this node
     ref: Any = None  # object_store: a Ray ObjectRef of {name: tensor}
     num_bytes: int = 0  # tensor bytes published (what a sync moves to every engine)
@@ -140,14 +140,6 @@ def local_path(packet: WeightPacket, run_id: str) -> str:
     path = shm_dir(run_id) / f"recv-{os.getpid()}-v{packet.version}.safetensors"
     write_safetensors(state, path)
     return str(path)
-
-
-def resolve_transport(setting: str, multi_node: bool) -> str:
-    """`auto` picks shm on one node and the object store across nodes (the config allows only
-    these; rlhf/config/checks.py)."""
-    if setting == "auto":
-        return "object_store" if multi_node else "shm"
-    return setting
 
 
 def cleanup(run_id: str) -> None:

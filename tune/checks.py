@@ -20,6 +20,7 @@ ALWAYS_REPORTED = (
     "step", "reward/mean", "reward/std", "objective/kl", "objective/kl_coef", "objective/entropy",
     "rollout/response_length", "rollout/truncated_fraction", "rollout/behaviour_logprob_diff",
     "perf/samples", "perf/tokens", "perf/samples_per_second", "perf/weight_load_seconds", "perf/lr",
+    "perf/sync_bytes", "perf/weight_version",
     "loss/policy", "loss/total", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
     "clip_ratio/dual_mean", "policy/approx_kl", "policy/ratio_mean",
     "timing/generate", "timing/score", "timing/advantages", "timing/update", "timing/sync", "timing/step",

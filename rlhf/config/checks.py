@@ -28,7 +28,7 @@ CHOICES: dict[str, str | tuple[str, ...]] = {
     "redteam.suites": "rlhf.redteam.attacks:SUITES",
     "model.dtype": ("float32", "bfloat16"),  # `auto` is settled before the checks run
     "model.attention": ("auto", "eager", "sdpa", "flash_attention_2"),
-    "rollout.weight_sync": ("auto", "shm", "object_store"),
+    "rollout.weight_sync": ("auto", "shm", "object_store", "nccl", "ipc"),
     "learner.backend": ("auto", "gloo", "nccl"),
     "tune.stage": ("rl", "sft", "rm", "dpo"),
     "tune.mode": ("max", "min"),
@@ -37,10 +37,8 @@ CHOICES: dict[str, str | tuple[str, ...]] = {
 }
 """Dotted choice field -> its valid values, or the registry ("module:attribute") that holds them."""
 
-HINTS = {
-    ("rollout.weight_sync", "nccl"): "NCCL weight transfer into vLLM is not available in this version (without "
-    "CUDA it would leave the engines on stale weights); use auto, shm (one node) or object_store (across nodes)",
-}
+HINTS: dict[tuple[str, str], str] = {}
+"""(choice field, value) -> why that value is refused although it is a known name."""
 
 
 def registry(dotted: str):
@@ -93,9 +91,32 @@ def _validate_rl(cfg) -> None:
            f"{cfg.algo.name} compares samples within a group and needs at least {need} per prompt")
     _check(not (cfg.learner.backend == "nccl" and not cfg.resources.use_gpu), "learner.backend",
            "nccl needs GPUs (resources.use_gpu: true); on CPU use auto or gloo")
+    _check(cfg.rollout.weight_sync not in ("nccl", "ipc") or cfg.resources.use_gpu, "rollout.weight_sync",
+           f"{cfg.rollout.weight_sync} moves weights GPU to GPU through vLLM's weight-transfer engine and needs "
+           "resources.use_gpu: true (without CUDA vLLM's NCCL path is a no-op that leaves the engines on stale "
+           "weights); on CPU use auto, shm (one node) or object_store (across nodes)")
+    _check(cfg.rollout.weight_sync != "ipc", "rollout.weight_sync",
+           "ipc needs the rollout engines on the learner's own GPUs, and the placement layout gives engines GPUs "
+           "of their own; use nccl")
+    _check(not (cfg.model.lora.enabled and cfg.rollout.weight_sync in ("nccl", "ipc")), "rollout.weight_sync",
+           f"{cfg.rollout.weight_sync} streams full weights; with model.lora.enabled only the adapter (a few MB) "
+           "travels, as a file: use auto, shm or object_store")
+    _validate_lora(cfg.model.lora)
     for name, weight in cfg.reward.rules.items():
         _check(isinstance(weight, (int, float)) and weight == weight and abs(weight) != float("inf"),
                f"reward.rules.{name}", f"weight must be a finite number, got {weight!r}")
+
+
+def _validate_lora(lora) -> None:
+    if not lora.enabled:
+        return
+    _check(1 <= lora.r <= 512, "model.lora.r", f"must be 1-512 (vLLM's largest adapter rank), got {lora.r}")
+    _check(bool(lora.target_modules), "model.lora.target_modules", "is empty: name the linear modules to adapt")
+    # The engine scores given tokens (reference, probe) through prompt logprobs, which vLLM 0.32's
+    # CPU LoRA logits path cannot do with an adapted LM head (rlhf/models/offline.py).
+    _check("lm_head" not in lora.target_modules, "model.lora.target_modules",
+           "lm_head cannot carry an adapter in RL: the rollout engine could not score given tokens with it; "
+           "adapt the attention and MLP projections")
 
 
 def _validate_sizes(cfg) -> None:

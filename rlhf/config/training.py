@@ -86,12 +86,15 @@ class RolloutConfig:
     """Fraction of GPU memory a vLLM engine may take (GPU clusters)."""
     weight_sync: str = "auto"
     """Weight transfer from the learner into the engines: shm (a file in /dev/shm, one node),
-    object_store (Ray's object store, across nodes), or auto (shm on one node, else object_store)."""
+    object_store (Ray's object store, across nodes), auto (shm on one node, else object_store),
+    or nccl (GPUs only: streamed GPU to GPU through vLLM's weight-transfer engine, full weights,
+    no LoRA). ipc (CUDA IPC) needs engines on the learner's GPUs, which the layout does not place.
+    With model.lora.enabled only the adapter travels."""
     check_logprobs: bool = True
     """After each weight sync, compare rollout and learner logprobs on a probe batch."""
     max_logprob_diff: float = -1.0
     """The run stops when the probe's largest |engine - learner| logprob exceeds this (a sync
-    that left an engine on other weights). -1 picks by model.dtype: 1e-3 in float32, 0.5 in
+    that left an engine on other weights). -1 picks by model.dtype: 1e-3 in float32, 1.0 in
     bfloat16 (bench/README.md, Measurements); 0 turns the check off."""
 
 

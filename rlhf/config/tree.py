@@ -86,17 +86,10 @@ class Config:
 
 
 
-PROBE_BOUNDS = {"float32": 1e-3, "bfloat16": 0.5}
-"""rollout.max_logprob_diff by model.dtype: the largest engine-learner logprob gap after a sync
-that still means "same weights" (bench/README.md, Measurements)."""
-
-
 def from_dict(data: dict) -> Config:
     cfg = typed_yaml.build(Config, data or {})
     if cfg.model.dtype == "auto":  # resolved here, so saved configs name what ran
         cfg.model.dtype = "bfloat16" if cfg.resources.use_gpu or native_bf16() else "float32"
-    if cfg.rollout.max_logprob_diff < 0:  # picked by dtype, and saved as what ran
-        cfg.rollout.max_logprob_diff = PROBE_BOUNDS[cfg.model.dtype]
     validate(cfg)
     return cfg
 

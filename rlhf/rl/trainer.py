@@ -95,6 +95,17 @@ def check_weight_version(rollout: Rollout, published: int) -> None:
                               f"version {published}: an engine missed a weight sync")
 
 
+PROBE_BOUNDS = {"float32": 1e-3, "bfloat16": 1.0}
+"""rollout.max_logprob_diff when left at -1, by model.dtype: the largest engine-learner logprob
+gap after a sync that still means "the same weights" (bench/README.md, Measurements)."""
+
+
+def probe_bound(cfg: Config) -> float:
+    """The probe bound that stops a run (0: never)."""
+    bound = cfg.rollout.max_logprob_diff
+    return PROBE_BOUNDS[cfg.model.dtype] if bound < 0 else bound
+
+
 def check_probe(diff: float, bound: float, version: int) -> None:
     """Fail loudly when engine and learner score the same tokens differently after a sync."""
     if bound > 0 and diff > bound:
@@ -157,7 +168,7 @@ class Trainer:
         if self.cfg.rollout.check_logprobs:
             with timer("probe"):
                 sync_stats["rollout/logprob_diff"] = diff = self.probe_logprob_diff(rollout)
-            check_probe(diff, self.cfg.rollout.max_logprob_diff, self.weight_version)
+            check_probe(diff, probe_bound(self.cfg), self.weight_version)
         self.kl_ctl.update(kl, len(exp))
         self.step += 1
         learner_stats = {k: v for k, v in old.items() if k not in ("old_logprobs", "values")}

@@ -123,6 +123,7 @@ def test_learner_ranks_get_bundles_in_rank_order():
     (GPU + ["resources.gpus_per_reward=-0.5"], "resources.gpus_per_reward"),
     (["rollout.tensor_parallel_size=0"], "rollout.tensor_parallel_size"),
     (["rollout.weight_sync=nccl"], "rollout.weight_sync"),
+    (["rollout.weight_sync=ipc"], "rollout.weight_sync"),
     (["learner.backend=nccl"], "learner.backend"),
     (["resources.cpus_per_actor=0"], "resources.cpus_per_actor"),
 ])
@@ -144,10 +145,21 @@ def test_nccl_learner_backend_is_accepted_on_gpus_only():
         load_config(None, ["learner.backend=nccl"])
 
 
-def test_nccl_weight_sync_is_refused_when_the_config_loads():
-    # Before: accepted here, then refused after every actor had started.
-    with pytest.raises(ConfigError, match="rollout.weight_sync: 'nccl': NCCL weight transfer .* use auto, shm"):
-        load_config(None, [*GPU, "rollout.weight_sync=nccl"])
+@pytest.mark.parametrize("transport", ["nccl", "ipc"])
+def test_gpu_weight_sync_is_refused_on_cpu_when_the_config_loads(transport):
+    # Refused at load, before any actor starts: on CPU vLLM's NCCL path would leave stale engines.
+    with pytest.raises(ConfigError, match=f"rollout.weight_sync: {transport} moves weights GPU to GPU.*"
+                                          "resources.use_gpu: true.*use auto, shm"):
+        load_config(None, [f"rollout.weight_sync={transport}"])
+
+
+def test_nccl_weight_sync_is_accepted_on_gpus_for_full_weights_only():
+    assert load_config(None, [*GPU, "rollout.weight_sync=nccl"]).rollout.weight_sync == "nccl"
+    with pytest.raises(ConfigError, match="nccl streams full weights; with model.lora.enabled only the adapter"):
+        load_config(None, [*GPU, "rollout.weight_sync=nccl", "model.lora.enabled=true"])
+    # ipc maps the learner's own GPU memory; the layout never puts an engine on a learner's GPU.
+    with pytest.raises(ConfigError, match="ipc needs the rollout engines on the learner's own GPUs"):
+        load_config(None, [*GPU, "rollout.weight_sync=ipc"])
 
 
 # ----------------------------------------------------------------------------- fitting a cluster
@@ -169,3 +181,14 @@ def test_check_fits_knows_a_bundle_cannot_span_nodes():
     with pytest.raises(ConfigError, match=message):
         check_fits(lay, {"CPU": 192, "GPU": 16}, four_gpu_nodes)
     check_fits(lay, {"CPU": 96, "GPU": 16}, [{"CPU": 48, "GPU": 8}] * 2)
+
+
+def test_with_lora_the_reference_is_the_engines_base_weights_and_has_no_bundle():
+    from rlhf.cluster.resources import reference_role
+
+    assert reference_role(load_config(None, [])) == "actor"
+    lora = load_config(None, ["model.lora.enabled=true"])
+    assert reference_role(lora) == "engine" and "reference" not in role_bundles(lora).slots
+    # Another reference model needs its own copy; no KL needs none.
+    assert reference_role(load_config(None, ["model.lora.enabled=true", "reference.path=/models/other"])) == "actor"
+    assert reference_role(load_config(None, ["model.lora.enabled=true", "algo.kl_coef=0"])) is None

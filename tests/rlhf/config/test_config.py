@@ -257,6 +257,18 @@ def test_value_checks_name_the_field(override, field):
     assert str(err.value).startswith(f"{field}:")
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["model.lora.r=0"], r"model\.lora\.r: must be 1-512"),
+    (["model.lora.r=1024"], r"model\.lora\.r: must be 1-512"),
+    (["model.lora.target_modules=[]"], r"model\.lora\.target_modules: is empty"),
+    (["model.lora.target_modules=[q_proj, lm_head]"], r"model\.lora\.target_modules: lm_head cannot carry"),
+])
+def test_lora_settings_the_rollout_engine_cannot_serve_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=["model.lora.enabled=true", *overrides])
+    load_config(overrides=overrides)  # only checked when LoRA is on
+
+
 # ----------------------------------------------------------------------------- files
 
 

@@ -3,6 +3,8 @@ the adapters, and the export folds both back into a plain Hugging Face folder.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -107,3 +109,34 @@ def test_engine_model_gets_adapters_from_the_stage_flag(tiny_model_dir, tmp_path
     assert any("lora_A" in n for n in trainable)
     assert any(".score." in n for n in trainable) == (kind == "rm")
     assert all("lora_" in n or ".score." in n for n in trainable)
+
+
+def test_the_adapter_is_published_in_the_names_peft_saves_and_loads_back(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from actors.weights import local_path, publish_adapter
+    from rlhf.models.lora import adapter_config, adapter_state
+
+    torch.manual_seed(0)
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LORA)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    state = adapter_state(model, dict(model.named_parameters()))
+    assert all(k.startswith("base_model.model.") and (".lora_A.weight" in k or ".lora_B.weight" in k) for k in state)
+    assert len(state) == 2 * 2 * 2  # A and B on q_proj and v_proj of 2 layers
+    config = adapter_config(model)
+    assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    packet = publish_adapter(state, config, f"test-{tmp_path.name}", 3, "shm")
+    assert packet.kind == "adapter" and packet.num_bytes == sum(t.numel() * 4 for t in state.values())
+    folder = local_path(packet, "unused")
+    # peft itself reads the folder back to the same model
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), folder).eval()
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model.eval()(ids).logits, atol=1e-5)
+    # a newer version replaces the folder of the older one
+    newer = publish_adapter(state, config, f"test-{tmp_path.name}", 4, "shm")
+    assert not Path(folder).exists() and Path(newer.path).is_dir()

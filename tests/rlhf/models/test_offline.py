@@ -87,3 +87,15 @@ def test_teacher_forced_logprobs_match_sampling_logprobs(engine, prompts):
     for got, a in zip(eng.teacher_forced_logprobs(prompts, half), answers):
         assert got == pytest.approx(a.logprobs[: len(got)], abs=1e-4)
     assert eng.teacher_forced_logprobs([], []) == []
+
+
+def test_lora_engines_adapt_only_the_target_modules_at_a_rank_vllm_accepts():
+    from rlhf.models.offline import lora_engine_kwargs
+
+    kwargs = lora_engine_kwargs(4, ["q_proj", "v_proj"])
+    # vLLM takes a fixed set of max ranks; the LM head stays unwrapped (prompt logprobs need it).
+    assert kwargs == {"enable_lora": True, "max_lora_rank": 8, "max_loras": 1,
+                      "lora_target_modules": ["q_proj", "v_proj"]}
+    assert lora_engine_kwargs(32, ["q_proj"])["max_lora_rank"] == 32
+    with pytest.raises(ValueError, match="above vLLM's largest"):
+        lora_engine_kwargs(1024, ["q_proj"])

@@ -97,6 +97,7 @@ def build_roles(cfg, model_dir: str, run_id: str) -> Roles:
     from actors.rollout import RolloutActor
     from rlhf.cluster.resources import reference_role
 
+    _fresh_process_group()
     rank = LearnerRank(cfg, model_dir, 0, 1, run_id)
     rank.setup("127.0.0.1", _free_port())
     engines = Engines(RolloutActor(cfg, model_dir, run_id))
@@ -106,12 +107,24 @@ def build_roles(cfg, model_dir: str, run_id: str) -> Roles:
                  learner=OneRank(rank), num_ranks=1)
 
 
+def _fresh_process_group() -> None:
+    """A new learner in this process gets a process group of its own. A vLLM engine that an
+    earlier module closed (or the collector finalised) destroyed the group DeepSpeed cached as
+    its world group; in a real run each rank is its own Ray actor process and never meets this."""
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    groups._WORLD_GROUP = groups._DATA_PARALLEL_GROUP = None
+
+
 def close_roles(roles: Roles, run_id: str) -> None:
-    """Free the engine now (the next module may start its own in this process) and the run's
-    shared-memory weights."""
+    """Free the run's shared-memory weights. The engine is left to the collector: closing it
+    tears down the torch.distributed group that the learner's DeepSpeed shares in this process,
+    and the next module's learner would find it gone."""
     from actors.weights import cleanup
 
-    roles.rollout.actor.engine.close()
     cleanup(run_id)
 
 

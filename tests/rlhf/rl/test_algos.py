@@ -25,6 +25,7 @@ from rlhf.rl.batch import (
     pad_float_lists,
     position_ids_from_mask,
     response_logits_slice,
+    unpack,
 )
 from rlhf.rl.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_estimate, kl_loss, make_kl_controller
 from rlhf.rl.losses import entropy_bonus, entropy_from_logits, logprobs_from_logits, policy_loss, value_loss
@@ -375,3 +376,32 @@ def test_rollout_sorted_by_prompt_and_checks_lengths():
     assert len(Rollout.concat([r, r])) == 6 and r.finish_reason == ["", "", ""]
     with pytest.raises(ValueError, match="logprobs"):
         Rollout([[1]], [[5, 6]], ["a"], [[-0.1]], [0])
+
+
+def test_unpack_inverts_pack_sequences():
+    prompts, responses = [[1, 2], [3], [4, 5, 6]], [[7, 8, 9], [], [10]]
+    seqs, attn, _, P = pack_sequences(prompts, responses, pad_id=0)
+    assert unpack(seqs, attn, P) == (prompts, responses)
+
+
+def test_a_rollout_sampled_with_another_weight_version_is_refused():
+    from rlhf.rl.trainer import WeightSyncError, check_weight_version
+
+    r = Rollout([[1], [1]], [[5], [6]], ["a", "b"], [[-0.1], [-0.2]], [0, 0], weight_version=[3, 3])
+    check_weight_version(r, 3)
+    r.weight_version = [3, 2]  # one engine missed the sync to 3
+    with pytest.raises(WeightSyncError, match=r"version\(s\) \[2\], but the learner published version 3"):
+        check_weight_version(r, 3)
+
+
+def test_the_probe_bound_follows_the_dtype_and_stops_a_run_above_it():
+    from rlhf.config.tree import load_config
+    from rlhf.rl.trainer import PROBE_BOUNDS, WeightSyncError, check_probe, probe_bound
+
+    assert probe_bound(load_config(None, ["model.dtype=float32"])) == 1e-3 == PROBE_BOUNDS["float32"]
+    assert probe_bound(load_config(None, ["model.dtype=bfloat16"])) == PROBE_BOUNDS["bfloat16"]
+    assert probe_bound(load_config(None, ["rollout.max_logprob_diff=0.02"])) == 0.02
+    check_probe(9e-4, 1e-3, 5)
+    check_probe(7.0, 0.0, 5)  # 0: the check is off
+    with pytest.raises(WeightSyncError, match="version 5 .* by 0.002 > rollout.max_logprob_diff=0.001"):
+        check_probe(2e-3, 1e-3, 5)

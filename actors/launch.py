@@ -17,6 +17,7 @@ from rich.table import Table
 from actors import placement
 from actors.gpu_weights import GPU_TRANSPORTS, choose_transport
 from actors.learner import LearnerGroup, LearnerRank
+from actors.recovery import ActorFailed, FailureLog, RetryingHandle, get, restart_options
 from actors.reference import ReferenceActor
 from actors.reward import RewardActor
 from actors.rollout import RolloutActor
@@ -30,66 +31,40 @@ from rlhf.rl.trainer import Roles, Trainer
 from rlhf.tracking import MetricsLog
 
 
-class ActorFailed(RuntimeError):
-    """An actor died or raised; the message names its role."""
-
-
-def _get(role: str, refs):
-    import ray
-
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayActorError as exc:
-        raise ActorFailed(f"{role} actor died: {exc}") from None
-    except ray.exceptions.RayTaskError as exc:
-        raise ActorFailed(f"{role} actor failed: {exc}") from None
-
-
 class RolloutGroup:
     """Splits prompts across engines and joins their samples back in prompt order."""
 
     def __init__(self, engines: list):
         self.engines = engines
 
-    def generate(self, prompt_ids, prompt_index) -> Rollout:
+    def generate(self, prompt_ids, prompt_index, seed: int) -> Rollout:
         k = len(self.engines)
-        refs = [e.generate.remote(prompt_ids[i::k], prompt_index[i::k]) for i, e in enumerate(self.engines)]
-        return Rollout.concat(_get("rollout", refs)).sorted_by_prompt()
+        refs = [e.generate.remote(prompt_ids[i::k], prompt_index[i::k], seed + i) for i, e in enumerate(self.engines)]
+        return Rollout.concat(get("rollout", refs)).sorted_by_prompt()
 
     def load_weights(self, packet) -> float:
-        return max(_get("rollout", [e.load_weights.remote(packet) for e in self.engines]))
+        return max(get("rollout", [e.load_weights.remote(packet) for e in self.engines]))
 
     def logprobs(self, prompt_ids, response_ids):
-        return _get("rollout", self.engines[0].logprobs.remote(prompt_ids, response_ids))
+        return get("rollout", self.engines[0].logprobs.remote(prompt_ids, response_ids))
 
     def base_logprobs(self, prompt_ids, response_ids) -> list[list[float]]:
         """Logprobs under the engines' base weights (adapter off), rows split across engines."""
         k = len(self.engines)
         refs = [e.base_logprobs.remote(prompt_ids[i::k], response_ids[i::k]) for i, e in enumerate(self.engines)]
-        parts = _get("reference", refs)
+        parts = get("reference", refs)
         out: list = [None] * len(prompt_ids)
         for i, part in enumerate(parts):
             out[i::k] = part
         return out
 
 
-class AsyncHandle:
-    """Turns `actor.method.remote(...)` into a concurrent.futures.Future for the trainer."""
-
-    def __init__(self, role: str, actor, pool: ThreadPoolExecutor):
-        self.role, self.actor, self.pool = role, actor, pool
-
-    def call(self, method: str, *args) -> Future:
-        ref = getattr(self.actor, method).remote(*args)
-        return self.pool.submit(_get, self.role, ref)
-
-
-class RewardClient(AsyncHandle):
+class RewardClient(RetryingHandle):
     def score_async(self, *args) -> Future:
         return self.call("score", *args)
 
 
-class ReferenceClient(AsyncHandle):
+class ReferenceClient(RetryingHandle):
     def logprobs_async(self, *args) -> Future:
         return self.call("logprobs", *args)
 
@@ -136,8 +111,9 @@ def init_ray(cfg: Config) -> None:
     _STARTED_RAY = start_local(num_cpus, runtime_env=env)
 
 
-def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Roles:
-    """Reserve the placement group, start every actor, wait until all are ready."""
+def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failures: FailureLog | None = None) -> Roles:
+    """Reserve the placement group, start every actor, wait until all are ready. Reward and
+    reference actors come back after a death (actors/recovery.py); `failures` logs it."""
     import ray
 
     init_ray(cfg)
@@ -151,7 +127,8 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
     def spawn(cls, role: str, index: int, *args):
         res = actor_resources(cfg, role, layout)
         opts = {"num_cpus": res.get("CPU", 0), "num_gpus": res.get("GPU", 0),
-                "scheduling_strategy": placement.strategy(pg, offset + layout.slots[role][index])}
+                "scheduling_strategy": placement.strategy(pg, offset + layout.slots[role][index]),
+                **restart_options(role, cfg.train.max_failures)}
         return ray.remote(cls).options(**opts).remote(*args)
 
     engines = [spawn(RolloutActor, "rollout", i, cfg, model_path, run_id, i) for i in range(cfg.rollout.num_engines)]
@@ -159,23 +136,24 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str) -> Rol
              for i in range(cfg.learner.num_ranks)]
     reward = spawn(RewardActor, "reward", 0, cfg)
     reference = spawn(ReferenceActor, "reference", 0, cfg, ref_path) if reference_role(cfg) == "actor" else None
-    addr, port = _get("learner", ranks[0].address.remote())
-    _get("learner", [r.setup.remote(addr, port) for r in ranks])
-    _get("rollout", [e.info.remote() for e in engines])
+    addr, port = get("learner", ranks[0].address.remote())
+    get("learner", [r.setup.remote(addr, port) for r in ranks])
+    get("rollout", [e.info.remote() for e in engines])
     pool = ThreadPoolExecutor(max_workers=4)
     # The project's layout gives engines GPUs of their own, never the learner's (colocated=False).
     transport = choose_transport(cfg.rollout.weight_sync, cfg.resources.use_gpu, len(ray.nodes()) > 1, False)
     if transport in GPU_TRANSPORTS:
-        addr, port = _get("learner", ranks[0].address.remote())  # a second free port, for vLLM's group
-        _get("learner", [r.connect_engines.remote(engines, addr, port) for r in ranks])
+        addr, port = get("learner", ranks[0].address.remote())  # a second free port, for vLLM's group
+        get("learner", [r.connect_engines.remote(engines, addr, port) for r in ranks])
     rollout = RolloutGroup(engines)
-    references = {"actor": lambda: ReferenceClient("reference", reference, pool),
+    retries = cfg.train.max_failures
+    references = {"actor": lambda: ReferenceClient("reference", reference, pool, retries, failures),
                   "engine": lambda: EngineReference(rollout, pool), None: lambda: None}
     return Roles(
         rollout=rollout,
-        reward=RewardClient("reward", reward, pool),
+        reward=RewardClient("reward", reward, pool, retries, failures),
         reference=references[reference_role(cfg)](),
-        learner=LearnerGroup(ranks, transport, get=lambda refs: _get("learner", refs)),
+        learner=LearnerGroup(ranks, transport, get=lambda refs: get("learner", refs)),
         num_ranks=cfg.learner.num_ranks,
     )
 
@@ -196,18 +174,27 @@ def _enclosing_group(layout: Layout):
     return pg, offset
 
 
-def shutdown(run_id: str) -> None:
+def shutdown(run_id: str, stop_ray: bool = True) -> None:
+    """Remove the run's placement group (which ends its actors) and its shared-memory weights;
+    then stop Ray if this process started it, unless a rebuild of the roles follows."""
     import ray
 
     from actors.weights import cleanup
 
-    global _STARTED_RAY
     cleanup(run_id)
     pg = _GROUPS.pop(run_id, None)
     if pg is not None and ray.is_initialized():
         from ray.util.placement_group import remove_placement_group
 
         remove_placement_group(pg)
+    if stop_ray:
+        _stop_ray()
+
+
+def _stop_ray() -> None:
+    import ray
+
+    global _STARTED_RAY
     if _STARTED_RAY and ray.is_initialized():
         ray.shutdown()
         _STARTED_RAY = False
@@ -231,28 +218,58 @@ def prepare_run_dir(cfg: Config, run_dir: Path | None, resume: bool) -> Path:
 
 def run_training(cfg: Config, run_dir: Path | None = None, resume: bool = False,
                  console: Console | None = None, on_step: Callable[[int, dict], None] | None = None) -> Path:
-    """Train per `cfg` in `run_dir`; `on_step(step, metrics)` is called after every step."""
+    """Train per `cfg` in `run_dir`; `on_step(step, metrics)` is called after every step.
+
+    When a rollout engine or learner rank dies, every role is rebuilt and the run resumes from
+    its last checkpoint, up to train.max_failures times (actors/recovery.py)."""
     console = console or Console(stderr=True)
     model_path, ref_path = preflight(cfg)
     path = prepare_run_dir(cfg, run_dir, resume)
-    tokenizer = load_tokenizer(model_path)
+    failures = FailureLog(path)
+    started, since = time.perf_counter(), None
+    try:
+        while True:
+            try:
+                rows = _attempt(cfg, path, (model_path, ref_path), resume or since is not None, console, on_step,
+                                failures, since)
+                break
+            except ActorFailed as exc:
+                rebuild = exc.died and failures.count < cfg.train.max_failures
+                since = failures.failed(exc, "rebuild, resume from the last checkpoint" if rebuild else "stop")
+                if not rebuild:
+                    raise
+                console.print(f"[yellow]{exc.role} actor died on {exc.node or 'its node'} after step "
+                              f"{failures.step}; rebuilding the roles from the last checkpoint (failure "
+                              f"{failures.count} of at most {cfg.train.max_failures})")
+    finally:
+        _stop_ray()
+    console.print(summary_table(rows, time.perf_counter() - started, path))
+    return path
+
+
+def _attempt(cfg: Config, path: Path, models: tuple[str, str], resume: bool, console: Console,
+             on_step: Callable | None, failures: FailureLog, since: float | None) -> list[dict]:
+    """Start the roles, resume when asked (from the last checkpoint, if any), train, export."""
     run_id = uuid.uuid4().hex[:8]
-    started = time.perf_counter()
     try:
         with console.status("starting Ray actors: rollout (vLLM), reward, reference, learner (ZeRO-3)"):
-            roles = start_roles(cfg, model_path, ref_path, run_id)
+            roles = start_roles(cfg, *models, run_id, failures)
         with Progress(TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                       TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("train", total=cfg.train.steps, info="")
 
             def progress(step: int, m: dict) -> None:
+                failures.step = step
                 info = f"reward {m['reward/mean']:.3f}  kl {m['objective/kl']:.4f}  {m['timing/step']:.1f}s/step"
                 bar.update(task, completed=step, info=info)
                 if on_step is not None:
                     on_step(step, m)
 
-            trainer = Trainer(cfg, roles, path, tokenizer, progress)
-            start_step = trainer.resume() if resume else 0
+            trainer = Trainer(cfg, roles, path, load_tokenizer(models[0]), progress)
+            has_checkpoint = (trainer.checkpoint_dir / "trainer_state.json").exists()
+            failures.step = start_step = trainer.resume() if resume and has_checkpoint else 0
+            if since is not None:
+                failures.recovered("all", since, start_step)
             bar.update(task, completed=start_step)
             log = MetricsLog(path, resume_step=start_step)
             rows = trainer.run(log)
@@ -261,9 +278,8 @@ def run_training(cfg: Config, run_dir: Path | None = None, resume: bool = False,
             with console.status("exporting the policy"):
                 roles.learner.export(str(path / "model"))
     finally:
-        shutdown(run_id)
-    console.print(summary_table(rows, time.perf_counter() - started, path))
-    return path
+        shutdown(run_id, stop_ray=False)  # Ray itself stays up for a rebuild
+    return rows
 
 
 def summary_table(rows: list[dict], seconds: float, path: Path) -> Table:

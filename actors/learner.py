@@ -293,6 +293,10 @@ class LearnerRank:
         torch.set_rng_state(client["torch_rng"])
         return self.version
 
+    def weight_version(self) -> int:
+        """The policy version this rank last trained to (what a sync publishes)."""
+        return self.version
+
     def optimizer_fingerprint(self) -> float:
         """Sum of |Adam moments| on this rank: a cheap check that a resume restored them."""
         total = 0.0
@@ -348,6 +352,9 @@ class LearnerGroup:
 
     def publish_weights(self):
         return self._all("publish_weights", self.transport)[0]
+
+    def weight_version(self) -> int:
+        return self._all("weight_version")[0]
 
     def save(self, folder: str, tag: str) -> None:
         self._all("save", folder, tag)

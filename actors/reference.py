@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from actors.recovery import Restartable
 from rlhf.config.tree import Config
 from rlhf.models.loading import load_causal_lm
 from rlhf.models.logprobs import response_logprobs
 from rlhf.models.runtime import attention_impl, reference_device
 
 
-class ReferenceActor:
+class ReferenceActor(Restartable):
     """Frozen policy. Public methods: logprobs."""
 
     def __init__(self, cfg: Config, model_path: str):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from actors.recovery import Restartable
 from rlhf.config.tree import Config
 from rlhf.models.runtime import reward_device
 from rlhf.models.scorer import RewardModelScorer
 from rlhf.rl.rewards import combine
 
 
-class RewardActor:
+class RewardActor(Restartable):
     """Scores responses. Public methods: score."""
 
     def __init__(self, cfg: Config):

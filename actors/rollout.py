@@ -48,12 +48,14 @@ class RolloutActor:
     def info(self) -> dict:
         return {"engine": self.engine_index, "start_seconds": self.start_seconds, "version": self.weights_version}
 
-    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int]) -> Rollout:
-        """n samples for each prompt -> a Rollout with one entry per sample."""
+    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int], seed: int) -> Rollout:
+        """n samples for each prompt -> a Rollout with one entry per sample. `seed` reseeds the
+        engine's sampler first, so the same step samples the same tokens in a resumed run."""
         r = self.cfg.rollout
-        # No per-request seeds: vLLM's CPU sampler cannot rewind seeded generators when a
-        # prefill is chunked ("CPU Generator does not use offset"); the engine seed keeps runs
-        # reproducible instead.
+        # Not per-request seeds: vLLM's CPU sampler cannot rewind seeded generators when a
+        # prefill is chunked ("CPU Generator does not use offset"). Requests without a seed
+        # draw from the worker's global torch generator, which this reseeds.
+        self.engine.llm.collective_rpc("reseed", args=(seed,))
         params = {"n": r.n_samples, "max_tokens": r.max_new_tokens, "temperature": r.temperature,
                   "top_p": r.top_p, "logprobs": 0}
         samples = self.engine.sample(prompt_ids, params, lora_request=self.adapter)

@@ -47,6 +47,13 @@ class WeightReceiver:
     Runs inside vLLM's worker; `self.model_runner` is the worker's model runner.
     """
 
+    def reseed(self, seed: int) -> None:
+        """Seed the worker's global torch generator, which vLLM samples from for requests
+        without a seed of their own."""
+        import torch
+
+        torch.manual_seed(seed)
+
     def load_weights_from_file(self, path: str) -> int:
         from safetensors.torch import load_file
 

@@ -95,7 +95,7 @@ def run_actor(cfg, path: str, prompt_ids: list, repeats: int) -> dict:
     index = list(range(len(prompt_ids)))
 
     def generate():
-        rollout = ray.get(actor.generate.remote(prompt_ids, index))
+        rollout = ray.get(actor.generate.remote(prompt_ids, index, cfg.train.seed))
         return len(rollout), sum(len(r) for r in rollout.response_ids)
 
     result = timed_calls(generate, repeats)

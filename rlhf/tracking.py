@@ -36,8 +36,9 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int = 0):
         self.path = run_dir / "metrics.jsonl"
         self.run_dir = run_dir
-        if resume_step and self.path.exists():
-            # Drop lines from steps after the checkpoint we resumed from.
+        if self.path.exists():
+            # Drop lines from steps after the checkpoint we resumed from (all of them when a run
+            # restarts from scratch after a failure before its first checkpoint).
             kept = [row for row in self.path.read_text().splitlines() if row and json.loads(row)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         try:

@@ -42,7 +42,7 @@ from rlhf.safety.guard import Guard
 from rlhf.safety.guard_rules import Decision
 from serve import metrics, review_api
 from serve.answers import Answer, Job, StreamFormat, answer_record, new_id
-from serve.auth import KeyChecker
+from serve.auth import KeyChecker, RateLimiter, key_label, request_key
 from serve.engine import Completion, QAEngine
 from serve.openai_api import (
     SSE_DONE,
@@ -52,6 +52,7 @@ from serve.openai_api import (
     CompletionRequest,
     FeedbackRequest,
     chat_completion,
+    check_content_type,
     completion,
     parse_json,
     parse_model,
@@ -100,6 +101,7 @@ class QAServer:
         cfg = from_dict(config)
         self.cfg, self.s = cfg, cfg.serve
         self.auth = KeyChecker(self.s.api_keys, self.s.admin_keys)
+        self.limiter = RateLimiter(self.s.rate_limit_per_minute, self.s.rate_limit_burst)
         self.guard = Guard(self.s)
         self.store = FeedbackStore(self.s.feedback_db)
         self.reviews = ReviewStore(self.store)
@@ -349,7 +351,14 @@ class QAServer:
 
     async def _parse(self, request: Request, model):
         self.auth.check(request.headers)
-        return parse_model(model, parse_json(await request.body(), MAX_BODY_BYTES))
+        key = request_key(request.headers)
+        self.limiter.check(key_label(key) if key else f"client:{request.client.host if request.client else ''}")
+        check_content_type(request.headers.get("content-type", ""))
+        req = parse_model(model, parse_json(await request.body(), MAX_BODY_BYTES))
+        if len(getattr(req, "messages", ())) > self.s.max_messages:
+            raise ApiError(400, f"messages: {len(req.messages)} messages; at most {self.s.max_messages} per request "
+                           "(serve.max_messages)", param="messages", code="too_many_messages")
+        return req
 
     def _check_model(self, name: str) -> None:
         if name != self.s.model_name:

@@ -6,12 +6,22 @@ need not be written into a config file. A client sends `Authorization: Bearer <k
 `openai` client does) or `X-API-Key: <key>`. With no user keys configured at all the QA routes
 are open; admin routes always need an admin key and are off when none is configured. An admin
 key is also a valid user key. /healthz and /metrics are open (probes and scrapers).
+
+Keys are compared in constant time against every configured key and never logged: a log line
+or metric names a key only by `key_label` (the first 8 hex digits of its SHA-256).
+`RateLimiter` gives each key (each client address when keys are off) a token bucket; past it, a
+429 with `Retry-After`. The bucket lives in the replica, so with N replicas a key gets up to N
+times the rate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import math
 import os
+import threading
+import time
 
 from serve.openai_api import ApiError
 
@@ -75,3 +85,34 @@ class KeyChecker:
                 raise ApiError(403, "this key may not use admin routes", type="permission_error",
                                code="not_admin")
             raise _unauthorized("invalid admin key")
+
+
+def key_label(key: str) -> str:
+    """How a key appears anywhere outside the request: a short hash, never the key."""
+    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:8] if key else "anonymous"
+
+
+class RateLimiter:
+    """A token bucket per caller: `per_minute` requests a minute on average, `burst` at once.
+    per_minute 0 turns it off."""
+
+    def __init__(self, per_minute: float, burst: int, clock=time.monotonic):
+        self.rate, self.burst, self.clock = per_minute / 60.0, max(1, burst), clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # caller -> (tokens, time)
+        self.lock = threading.Lock()
+
+    def check(self, caller: str) -> None:
+        """Take one token for `caller` or raise 429 saying when the next one comes."""
+        if self.rate <= 0:
+            return
+        with self.lock:
+            now = self.clock()
+            tokens, then = self.buckets.get(caller, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+            if tokens < 1.0:
+                self.buckets[caller] = (tokens, now)
+                wait = math.ceil((1.0 - tokens) / self.rate)
+                raise ApiError(429, f"rate limit exceeded: {self.rate * 60:g} requests a minute (burst "
+                               f"{self.burst}); retry in {wait} s", type="rate_limit_error",
+                               code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
+            self.buckets[caller] = (tokens - 1.0, now)

@@ -32,7 +32,7 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-_STRICT = ConfigDict(strict=True, extra="ignore")
+_STRICT = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(BaseModel):
@@ -191,6 +191,14 @@ def validation_error(exc: ValidationError) -> ApiError:
         else:
             lines.append(f"{where}: {msg}" if where else msg)
     return ApiError(400, "; ".join(lines[:4]), param=(params[0] or None) if params else None, code="invalid_value")
+
+
+def check_content_type(content_type: str) -> None:
+    """JSON bodies only: application/json (or a +json type); none given is read as JSON too."""
+    media = content_type.split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise ApiError(415, f"content type '{media}' is not supported; send application/json",
+                       code="unsupported_media_type")
 
 
 def parse_json(raw: bytes, max_bytes: int) -> Any:

@@ -53,7 +53,8 @@ def train(
         preflight(cfg)  # before Ray or any actor starts
     except ConfigError as exc:
         fail(str(exc))
-    from actors.launch import ActorFailed, run_training
+    from actors.launch import run_training
+    from actors.recovery import ActorFailed
     from rlhf.rl.trainer import Interrupted
 
     try:

@@ -30,6 +30,13 @@ class ServeConfig:
     reviewer_keys: dict[str, str] = field(default_factory=dict)
     """Reviewer name -> key for the review page and its routes only (also read from
     RLHF_REVIEWER_KEYS as name=key,name=key); an admin key works there as reviewer `admin`."""
+    rate_limit_per_minute: float = 0.0
+    """Requests a minute each API key (each client address when keys are off) may send to one
+    replica, on average; past it a 429 with Retry-After. 0: no limit."""
+    rate_limit_burst: int = 20
+    """Requests a key may send at once before the per-minute rate applies."""
+    max_messages: int = 256
+    """Most messages a chat request may carry."""
     feedback_db: str = "feedback.sqlite"
     """SQLite feedback store (WAL mode)."""
     input_guard: str = "default"

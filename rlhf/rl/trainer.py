@@ -35,7 +35,7 @@ from rlhf.tracking import MetricsLog, Timer, plot_metrics
 
 
 class RolloutEngines(Protocol):
-    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int]) -> Rollout: ...
+    def generate(self, prompt_ids: list[list[int]], prompt_index: list[int], seed: int) -> Rollout: ...
     def load_weights(self, packet: Any) -> float: ...
     def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]: ...
 
@@ -52,6 +52,7 @@ class Learner(Protocol):
     def forward_async(self, samples: Samples) -> Future: ...  # -> {"old_logprobs", "values", stats}
     def update(self, exp: Experience, kl_coef: float) -> dict: ...
     def publish_weights(self) -> Any: ...
+    def weight_version(self) -> int: ...
     def save(self, folder: str, tag: str) -> None: ...
     def load(self, folder: str, tag: str) -> int: ...
     def export(self, out_dir: str) -> str: ...
@@ -100,6 +101,12 @@ PROBE_BOUNDS = {"float32": 1e-3, "bfloat16": 1.0}
 gap after a sync that still means "the same weights" (bench/README.md, Measurements)."""
 
 
+def sampling_seed(run_seed: int, step: int, draw: int = 0) -> int:
+    """The engines' sampling seed for draw `draw` of step `step` (engine i adds i): a function of
+    the run seed and the position only, so a resumed run samples what the uninterrupted one did."""
+    return (run_seed * 1_000_003 + step * 1_009 + draw) % (2**31 - 1)
+
+
 def probe_bound(cfg: Config) -> float:
     """The probe bound that stops a run (0: never)."""
     bound = cfg.rollout.max_logprob_diff
@@ -128,7 +135,8 @@ class Trainer:
         self.single_update = single_update(cfg.learner.ppo_epochs, cfg.learner.mini_batches,
                                            ADVANTAGES[cfg.algo.name].needs_critic)
         self.step = 0
-        self.weight_version = 0  # the policy version the engines must sample with (0: initial)
+        # The policy version the engines must sample with: the learner's (0 for fresh roles).
+        self.weight_version = roles.learner.weight_version()
         self.progress = progress or (lambda step, metrics: None)
         self.pad_id = tokenizer.pad_token_id
 
@@ -177,11 +185,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------- pieces
 
-    def draw(self, timer: Timer) -> tuple[PromptBatch, Rollout]:
+    def draw(self, timer: Timer, draw: int = 0) -> tuple[PromptBatch, Rollout]:
         """The next train.prompts_per_step prompts and n samples of each."""
         batch = self.prompts.batch(self.sampler.next_indices())
+        seed = sampling_seed(self.cfg.train.seed, self.step, draw)
         with timer("generate"):
-            rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))))
+            rollout = self.roles.rollout.generate(batch.prompt_ids, list(range(len(batch.prompt_ids))), seed)
         check_weight_version(rollout, self.weight_version)
         return batch, rollout
 
@@ -190,7 +199,7 @@ class Trainer:
         (or algo.max_draws draws are spent); -> batch, rollout, (rewards, components), stats."""
         groups = GroupFilter(self.cfg.train.prompts_per_step)
         while not groups.full and groups.draws < self.cfg.algo.max_draws:
-            batch, rollout = self.draw(timer)
+            batch, rollout = self.draw(timer, groups.draws)
             with timer("score"):
                 rewards, components = self.roles.reward.score_async(*self.reward_inputs(batch, rollout)).result()
             groups.add(split_groups(batch, rollout, rewards, components))
@@ -272,6 +281,7 @@ class Trainer:
         # a worker thread, where Tune itself stops the run.
         on_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_interrupt) if on_main else None
+        self.stop_requested = False
         try:
             while self.step < self.cfg.train.steps:
                 metrics = self.rl_step()
@@ -279,8 +289,10 @@ class Trainer:
                 log.log(self.step, metrics)
                 self.progress(self.step, metrics)
                 every = self.cfg.train.save_every
-                if (every and self.step % every == 0) or self.step == self.cfg.train.steps:
+                if (every and self.step % every == 0) or self.step == self.cfg.train.steps or self.stop_requested:
                     self.save()
+                if self.stop_requested:
+                    raise Interrupted(f"interrupted: step {self.step} finished and saved in {self.checkpoint_dir}")
         finally:
             if on_main:
                 signal.signal(signal.SIGINT, previous)
@@ -288,9 +300,10 @@ class Trainer:
         return log.rows()
 
     def _on_interrupt(self, signum, frame) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the save short
-        self.save()
-        raise Interrupted(f"interrupted at step {self.step}; checkpoint saved in {self.checkpoint_dir}")
+        """Ctrl-C: finish the step under way, checkpoint, stop (a checkpoint from inside a step
+        would hold a half-updated state). A second Ctrl-C stops at once, without a checkpoint."""
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     @property
     def checkpoint_dir(self) -> Path:

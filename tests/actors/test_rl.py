@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,13 +30,73 @@ def mean(values) -> float:
     return sum(values) / len(values)
 
 
+# kill -9 of each role's process during the module's GRPO run, once this many steps are logged:
+# Ray restarts reward and reference in place; a dead engine or learner rank rebuilds every role
+# from the last checkpoint (save_every 3), so steps after it are run again.
+KILLS = (("RewardActor", 2), ("RolloutActor", 4), ("LearnerRank", 7), ("ReferenceActor", 9))
+
+
+def role_pids(role_class: str) -> list[int]:
+    """Actor processes of this class (Ray titles them `ray::<Class>[.method]`), without the
+    children they fork (which inherit the title)."""
+    found: dict[int, int] = {}  # pid -> parent pid
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and f"ray::{role_class}".encode() in (proc / "cmdline").read_bytes():
+                found[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return [pid for pid, parent in found.items() if parent not in found]
+
+
+def logged_steps(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def kill_during(proc: subprocess.Popen, run_dir: Path, kills=KILLS, timeout: float = 600) -> list[str]:
+    """kill -9 the newest process of each role once `after` steps are logged; the roles killed."""
+    killed, deadline = [], time.time() + timeout
+    for role, after in kills:
+        while proc.poll() is None and time.time() < deadline:
+            pids = role_pids(role)
+            if logged_steps(run_dir) >= after and pids:
+                os.kill(max(pids), signal.SIGKILL)
+                killed.append(role)
+                break
+            time.sleep(0.1)
+    return killed
+
+
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("grpo") / "run"
-    proc = rlhf("train", "examples/tiny-grpo.yaml", "--run-dir", str(run_dir), "--registry",
-                str(run_dir.parent / "registry"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd = [sys.executable, "-m", "rlhf.cli.main", "train", "examples/tiny-grpo.yaml", "--run-dir", str(run_dir),
+           "--registry", str(run_dir.parent / "registry"), "train.save_every=3", "train.max_failures=4"]
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "COLUMNS": "200"}) as proc:
+        killed = kill_during(proc, run_dir)
+        _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert killed == [role for role, _ in KILLS], (killed, err[-3000:])
     return run_dir
+
+
+def test_a_kill_9_of_each_role_costs_a_retry_not_the_run(grpo_run: Path):
+    events = [json.loads(line) for line in (grpo_run / "failures.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e["event"] == "failed"]
+    recovered = [e for e in events if e["event"] == "recovered"]
+    assert [e["role"] for e in failed] == ["reward", "rollout", "learner", "reference"]
+    assert [e["action"].split(",")[0] for e in failed] == ["ray restart", "rebuild", "rebuild", "ray restart"]
+    assert all("died" in e["error"] for e in failed), failed
+    assert len({e["node"] for e in failed}) == 1 and failed[0]["node"], failed  # one node, named
+    # Each failure has its recovery; a rebuild resumes at a checkpoint (every 3 steps) at or
+    # before the step the failure came after, and the run then goes on to the end.
+    assert [e["failure"] for e in recovered] == [1, 2, 3, 4]
+    for fail, back in zip(failed, recovered):
+        assert back["seconds"] >= 0 and back["step"] <= fail["step"]
+        if fail["action"].startswith("rebuild"):
+            assert back["step"] % 3 == 0 and back["step"] >= fail["step"] - 3
 
 
 def test_grpo_reward_rises_and_run_dir_is_complete(grpo_run: Path):

@@ -204,6 +204,33 @@ def test_keys_from_config_and_environment(monkeypatch):
     assert err.value.status == 403  # admin routes are off without admin keys
 
 
+def test_rate_limit_is_a_token_bucket_per_key_with_retry_after():
+    from serve.auth import RateLimiter, key_label
+
+    now = [0.0]
+    limiter = RateLimiter(per_minute=30, burst=3, clock=lambda: now[0])  # one token every 2 s
+    for _ in range(3):
+        limiter.check("key:a")
+    with pytest.raises(ApiError) as err:
+        limiter.check("key:a")
+    assert err.value.status == 429 and err.value.headers == {"Retry-After": "2"}
+    assert err.value.body()["error"]["type"] == "rate_limit_error"
+    limiter.check("key:b")  # another key has its own bucket
+    now[0] = 1.0
+    with pytest.raises(ApiError) as err:
+        limiter.check("key:a")
+    assert err.value.headers == {"Retry-After": "1"}
+    now[0] = 2.0
+    limiter.check("key:a")  # a token came back
+    now[0] = 1000.0
+    for _ in range(3):  # refills up to the burst, no further
+        limiter.check("key:a")
+    with pytest.raises(ApiError):
+        limiter.check("key:a")
+    RateLimiter(per_minute=0, burst=1).check("x")  # 0: off
+    assert key_label("secret-key-1") != key_label("secret-key-2") and "secret" not in key_label("secret-key-1")
+
+
 def test_serve_config_checks_and_deployment_options():
     from serve.application import build_app, check_serve_config, deployment_options
 
@@ -433,13 +460,52 @@ CHAT = {"model": "rlhf-qa", "messages": [{"role": "user", "content": "What is 2 
     ("/feedback", {"id": "chatcmpl-unknown", "rating": 4}, 404, "no answer with id"),
     ("/feedback", {"id": "x", "rating": "five"}, 400, "rating"),
     ("/v1/nothing", {}, 404, "no route"),
+    ("/ask", (b'{"question": "hi"}', "text/plain"), 415, "application/json"),
+    ("/ask", (b'question=hi', "application/x-www-form-urlencoded"), 415, "not supported"),
+    ("/ask", b'{"question": "' + b"a" * (10 << 20) + b'"}', 413, "the limit is"),
+    ("/ask", b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),
+    ("/ask", b'{"question": "caf\xc3\x28"}', 400, "utf-8"),
+    ("/v1/chat/completions", {**CHAT, "temperature": float("nan")}, 400, "finite number"),
+    ("/v1/chat/completions", {**CHAT, "temperature": -0.5}, 400, "temperature"),
+    ("/v1/chat/completions", {**CHAT, "max_tokens": -3}, 400, "between 1 and 64"),
+    ("/v1/chat/completions", {**CHAT, "n": 2}, 400, "only n=1"),
+    ("/v1/chat/completions", {**CHAT, "messages": []}, 400, "at least 1 item"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "hi"}] * 10_000}, 400,
+     "at most 256"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "wizard", "content": "hi"}]}, 400,
+     "messages[0].role"),
 ])
 def test_bad_input_gets_a_4xx_json_error_and_the_next_request_works(http, route, body, status, needle):
-    resp = http.post(route, content=body) if isinstance(body, bytes) else http.post(route, json=body)
+    if isinstance(body, tuple):
+        resp = http.post(route, content=body[0], headers={"Content-Type": body[1]})
+    elif isinstance(body, bytes):
+        resp = http.post(route, content=body)
+    else:
+        resp = http.post(route, content=json.dumps(body), headers={"Content-Type": "application/json"})
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
     assert needle in error["message"] and set(error) == {"message", "type", "param", "code"}
     assert _ask(http)["answer"] is not None  # the replica keeps serving
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_mid_stream_costs_nothing_and_keys_are_never_logged(server, http):
+    import glob
+
+    body = {"model": "rlhf-qa", "stream": True, "max_tokens": 64, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count to fifty."}]}
+    for _ in range(3):  # read the first chunk, then hang up
+        with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            next(resp.iter_lines())
+    assert _ask(http)["answer"] is not None
+    assert http.get("/healthz").json()["status"] == "ok"
+    # Keys reach no log line: neither the replica's nor the proxy's nor Serve's access log.
+    logs = [p for p in glob.glob("/tmp/ray/session_latest/logs/serve/*") if Path(p).is_file()]
+    assert logs
+    for path in logs:
+        text = Path(path).read_text(errors="replace")
+        assert KEY not in text and ADMIN not in text, path
 
 
 @pytest.mark.slow

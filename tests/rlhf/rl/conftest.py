@@ -26,8 +26,8 @@ class Engines:
     def __init__(self, actor):
         self.actor = actor
 
-    def generate(self, prompt_ids, prompt_index):
-        return self.actor.generate(prompt_ids, prompt_index).sorted_by_prompt()
+    def generate(self, prompt_ids, prompt_index, seed):
+        return self.actor.generate(prompt_ids, prompt_index, seed).sorted_by_prompt()
 
     def load_weights(self, packet) -> float:
         return self.actor.load_weights(packet)
@@ -71,6 +71,9 @@ class OneRank:
     def publish_weights(self):
         return self.rank.publish_weights("shm")
 
+    def weight_version(self):
+        return self.rank.weight_version()
+
     def save(self, folder, tag):
         self.rank.save(folder, tag)
 
@@ -113,10 +116,15 @@ def _fresh_process_group() -> None:
     its world group; in a real run each rank is its own Ray actor process and never meets this."""
     import torch.distributed as dist
     from deepspeed.utils import groups
+    from vllm.distributed import parallel_state
 
     if dist.is_initialized():
         dist.destroy_process_group()
     groups._WORLD_GROUP = groups._DATA_PARALLEL_GROUP = None
+    # vLLM's groups of the earlier engine were on that process group: the next engine makes its own.
+    for name, value in list(vars(parallel_state).items()):
+        if isinstance(value, parallel_state.GroupCoordinator):
+            setattr(parallel_state, name, None)
 
 
 def close_roles(roles: Roles, run_id: str) -> None:

@@ -4,6 +4,7 @@ handed to the trainer through the Protocols of rlhf/rl/trainer.py. One step, che
 
 from __future__ import annotations
 
+import json
 import random
 import zlib
 from concurrent.futures import Future
@@ -78,6 +79,63 @@ def test_checkpoint_restores_the_python_rng(trainer):
     log = MetricsLog(trainer.run_dir, resume_step=trainer.step)
     assert trainer.step == 1
     log.close()
+
+
+STEP_FIGURES = ("reward/mean", "loss/policy", "objective/kl", "objective/entropy", "rollout/response_length",
+                "policy/approx_kl")
+
+
+def test_a_resumed_run_repeats_the_uninterrupted_one_step_by_step(trainer):
+    """Checkpoint at step k, run two steps, go back to k, run them again: the same prompts, the
+    same sampled tokens (the engines are reseeded per step), the same losses and the same Adam
+    moments after each step."""
+    trainer.save()
+
+    def two_steps() -> list[tuple]:
+        out = []
+        for _ in range(2):
+            metrics = trainer.rl_step()
+            exp = trainer.roles.learner.updates[-1]
+            out.append(([metrics[k] for k in STEP_FIGURES], exp.sequences.tolist(),
+                        trainer.roles.learner.rank.optimizer_fingerprint()))
+        return out
+
+    first = two_steps()
+    trainer.resume()
+    # A resumed engine is a fresh process whose random stream is wherever its start left it:
+    # here engine and learner share this process, so move the stream away from the saved one.
+    torch.manual_seed(12345)
+    again = two_steps()
+    for (figures, tokens, moments), (figures2, tokens2, moments2) in zip(first, again):
+        assert tokens == tokens2
+        assert figures2 == pytest.approx(figures, rel=1e-5, abs=1e-7)
+        assert moments2 == pytest.approx(moments, rel=1e-6)
+
+
+def test_ctrl_c_finishes_the_step_under_way_then_checkpoints(trainer, monkeypatch):
+    import os
+    import signal
+
+    from rlhf.rl.trainer import Interrupted
+
+    learner = trainer.roles.learner
+    update = learner.update
+
+    def interrupted_update(exp, kl_coef):  # Ctrl-C arrives in the middle of the update
+        os.kill(os.getpid(), signal.SIGINT)
+        return update(exp, kl_coef)
+
+    monkeypatch.setattr(learner, "update", interrupted_update)
+    start = trainer.step
+    monkeypatch.setattr(trainer.cfg.train, "steps", start + 5)
+    version = learner.rank.version
+    with pytest.raises(Interrupted, match=f"step {start + 1} finished and saved"):
+        trainer.run(MetricsLog(trainer.run_dir, resume_step=start))
+    # The step ran to its end (update and sync), and its checkpoint is the one to resume from.
+    assert trainer.step == start + 1 and learner.rank.version == version + 1
+    state = json.loads((trainer.checkpoint_dir / "trainer_state.json").read_text())
+    assert state["step"] == start + 1 and state["tag"] == f"step{start + 1}"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the run
 
 
 def test_a_metric_reported_twice_is_an_error():

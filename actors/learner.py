@@ -69,6 +69,16 @@ def batch_geometry(cfg: Config) -> tuple[int, int]:
     return micro, per_rank // micro
 
 
+def rendezvous_address(use_gpu: bool) -> str:
+    """Where the ranks meet: loopback when the Ray cluster is this one machine (CPU), else this
+    node's address as Ray knows it, which the other nodes reach."""
+    import ray
+
+    if not use_gpu and len([n for n in ray.nodes() if n["Alive"]]) <= 1:
+        return "127.0.0.1"
+    return ray.util.get_node_ip_address()
+
+
 class LearnerRank:
     """One ZeRO-3 rank. Public methods: address, setup, forward, update, publish_weights,
     save, load, export, partition_info."""
@@ -86,7 +96,7 @@ class LearnerRank:
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
-        return socket.gethostbyname(socket.gethostname()) if self.cfg.resources.use_gpu else "127.0.0.1", port
+        return rendezvous_address(self.cfg.resources.use_gpu), port
 
     def setup(self, master_addr: str, master_port: int) -> dict:
         """Join the process group and build the DeepSpeed engines (collective)."""

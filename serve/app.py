@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +112,11 @@ class QAServer:
         self.engine = QAEngine(model_path, cfg)
         self.model_path = model_path
         self.live = metrics.LIVE = metrics.VersionMetrics()  # per-version series for `rlhf monitor`
+        # What /healthz reports about this replica: after Serve replaced a dead one, a new id and
+        # a start time later than the death say when service came back, and the gap.
+        self.replica = {"replica": serve.get_replica_context().replica_id.unique_id, "pid": os.getpid(),
+                        "started_at": round(time.time() - self.engine.start_seconds, 3),
+                        "ready_at": round(time.time(), 3)}
         log.info("QA replica ready: engine started in %.1f s", self.engine.start_seconds)
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -220,7 +226,7 @@ class QAServer:
             await self.check_health()
         except Exception as exc:  # report, do not raise: a probe wants a status code
             return JSONResponse({"status": "unhealthy", "error": str(exc)}, status_code=503)
-        return {"status": "ok", "model": self.s.model_name, "version": self.engine.version}
+        return {"status": "ok", "model": self.s.model_name, "version": self.engine.version, **self.replica}
 
     @api.get("/metrics")
     async def prometheus(self):

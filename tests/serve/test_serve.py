@@ -5,6 +5,7 @@ bad input, feedback across a Serve restart), and training a guard classifier."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -712,3 +713,111 @@ def test_swap_after_a_triggered_round_and_roll_back_under_load_without_a_failed_
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.output.split())
     assert "v1 (live)" in text and "DRIFT on v1: thumbs-down rate 1 > 0.3" in text
+
+
+# ----------------------------------------------------------------------------- a dead replica
+
+
+def _replica_pids(app_name: str) -> list[int]:
+    """Processes of the app's Serve replicas (Ray titles them `ray::ServeReplica:<app>:<deployment>`)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and f"ServeReplica:{app_name}:".encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+class RatingUsers:
+    """Clients that ask, then rate the answer; each feedback the server acknowledged (200) is kept."""
+
+    def __init__(self, base: str, clients: int):
+        import threading
+
+        self.base, self.stop = base, threading.Event()
+        self.outcomes: list[tuple[float, str, object]] = []  # (time, route, status or error name)
+        self.acked: list[str] = []  # answer ids whose feedback was acknowledged
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def _run(self, i: int) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.base, timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as client:
+            while not self.stop.is_set():
+                answer = self._post(client, "/ask", {"question": f"What is {i} plus 3?", "max_tokens": 4})
+                if answer is not None and self._post(client, "/feedback", {"id": answer["id"], "rating": 1 + i % 5}):
+                    self.acked.append(answer["id"])
+
+    def _post(self, client, route: str, body: dict) -> dict | None:
+        import httpx
+
+        try:
+            resp = client.post(route, json=body)
+            status = resp.status_code
+        except httpx.HTTPError as exc:  # a dropped connection
+            status = type(exc).__name__
+        self.outcomes.append((time.time(), route, status))
+        return resp.json() if status == 200 else None
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_replica_under_load_loses_no_acknowledged_feedback(server):
+    """Last in the module: the replica dies (kill -9) while users ask and rate; Serve starts a new
+    one; what users saw meanwhile is a clean error, never a lost acknowledged rating."""
+    import signal
+
+    import httpx
+
+    before = httpx.get(f"{server.base}/healthz", timeout=60).json()
+    (pid,) = _replica_pids("qa-test")
+    assert before["pid"] == pid
+    users = RatingUsers(server.base, clients=6)
+    for t in users.threads:
+        t.start()
+    try:
+        time.sleep(4)
+        killed_at = time.time()
+        os.kill(pid, signal.SIGKILL)
+        deadline, after = time.time() + 240, None
+        while time.time() < deadline:
+            try:
+                health = httpx.get(f"{server.base}/healthz", timeout=10)
+                if health.status_code == 200 and health.json().get("pid") != pid:
+                    after = health.json()
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert after is not None, "Serve did not bring a replica back within 240 s"
+        back_at = time.time()
+        time.sleep(4)  # users go on against the new replica
+    finally:
+        users.stop.set()
+        for t in users.threads:
+            t.join(timeout=120)
+    during = [(t, r, s) for t, r, s in users.outcomes if killed_at <= t <= back_at]
+    failed = [(round(t - killed_at, 2), r, s) for t, r, s in users.outcomes if s != 200]
+    served_after = [s for t, r, s in users.outcomes if t > back_at]
+    print(f"\nreplica {before['replica']} killed; {after['replica']} ready {after['ready_at'] - killed_at:.1f} s "
+          f"later; {len(users.outcomes)} requests, {len(during)} while it was down, failed: {failed}; "
+          f"{len(users.acked)} ratings acknowledged")
+    # A new replica, started after the kill, answers; every request after it is served.
+    assert after["replica"] != before["replica"] and after["started_at"] >= killed_at - 1
+    assert served_after and all(s == 200 for s in served_after), served_after
+    # Only the requests in flight at the kill failed (Ray Serve's proxy answers them 500; the
+    # client may retry), at most one per client; requests sent while no replica was up wait in
+    # Serve's router for the new one.
+    assert len(failed) <= len(users.threads) and all(0 <= t < 2 for t, _, _ in failed), failed
+    assert all(s in (500, 502, 503, 504) or isinstance(s, str) for _, _, s in failed), failed
+    # Every rating the server acknowledged is in the store (SQLite, committed before the 200).
+    store = FeedbackStore(server.cfg.serve.feedback_db)
+    try:
+        ids = sorted(set(users.acked))
+        stored = store.read(f"SELECT answer_id, COUNT(*) AS n FROM feedback WHERE answer_id IN "
+                            f"({','.join('?' * len(ids))}) GROUP BY answer_id", tuple(ids))
+    finally:
+        store.close()
+    assert len(users.acked) > 20
+    assert {r["answer_id"]: r["n"] for r in stored} == {i: users.acked.count(i) for i in ids}

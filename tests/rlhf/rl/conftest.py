@@ -114,10 +114,15 @@ def _fresh_process_group() -> None:
     """A new learner in this process gets a process group of its own. A vLLM engine that an
     earlier module closed (or the collector finalised) destroyed the group DeepSpeed cached as
     its world group; in a real run each rank is its own Ray actor process and never meets this."""
+    import gc
+
     import torch.distributed as dist
     from deepspeed.utils import groups
     from vllm.distributed import parallel_state
 
+    # An earlier module's engine, unreferenced but not yet collected, tears the process group
+    # down when the collector finalises it: let that happen now, not in the middle of the setup.
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
     groups._WORLD_GROUP = groups._DATA_PARALLEL_GROUP = None

@@ -128,14 +128,14 @@ def test_ctrl_c_finishes_the_step_under_way_then_checkpoints(trainer, monkeypatc
     monkeypatch.setattr(learner, "update", interrupted_update)
     start = trainer.step
     monkeypatch.setattr(trainer.cfg.train, "steps", start + 5)
-    version = learner.rank.version
+    version, handler = learner.rank.version, signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted, match=f"step {start + 1} finished and saved"):
         trainer.run(MetricsLog(trainer.run_dir, resume_step=start))
     # The step ran to its end (update and sync), and its checkpoint is the one to resume from.
     assert trainer.step == start + 1 and learner.rank.version == version + 1
     state = json.loads((trainer.checkpoint_dir / "trainer_state.json").read_text())
     assert state["step"] == start + 1 and state["tag"] == f"step{start + 1}"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the run
+    assert signal.getsignal(signal.SIGINT) is handler  # the caller's handler is back after the run
 
 
 def test_a_metric_reported_twice_is_an_error():

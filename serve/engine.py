@@ -18,7 +18,9 @@ the context-window check counts exactly the tokens the engine will see.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -44,10 +46,28 @@ def _engine_down(exc: Exception) -> ApiError:
                     type="server_error", code="engine_unavailable")
 
 
+def keep_serve_logging() -> None:
+    """Import vLLM without letting it reconfigure logging. vLLM's first import runs
+    logging.config.dictConfig, which closes every handler already set up, Ray Serve's buffered
+    access-log handler included; that handler then keeps every request's log record in memory
+    (2.7 KiB a request, measured with bench/serve_soak.py) and the replica's log file stops. vLLM
+    logs through a stream handler of its own instead (Ray writes it to the worker's log)."""
+    if "vllm" in sys.modules or os.environ.get("VLLM_CONFIGURE_LOGGING") is not None:
+        return
+    os.environ["VLLM_CONFIGURE_LOGGING"] = "0"
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s"))
+    vllm_log = logging.getLogger("vllm")
+    vllm_log.addHandler(handler)
+    vllm_log.setLevel(logging.INFO)
+    vllm_log.propagate = False
+
+
 class QAEngine:
     """One AsyncLLM plus its tokenizer. Public: encode_*, sampling, generate, stream, health."""
 
     def __init__(self, model_path: str, cfg: Config):
+        keep_serve_logging()
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.rollout.kv_cache_gib))))
         if cfg.rollout.tensor_parallel_size == 1:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # read by the engine-core process

@@ -88,11 +88,6 @@ class FailureLog:
         self._write({"event": "recovered", "failure": self.count, "role": role, "step": step,
                      "seconds": round(time.time() - since, 2)})
 
-    def rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
-
     def _write(self, row: dict) -> None:
         row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **row}
         with self.path.open("a") as f:

@@ -43,7 +43,7 @@ from rlhf.safety.guard import Guard
 from rlhf.safety.guard_rules import Decision
 from serve import metrics, review_api
 from serve.answers import Answer, Job, StreamFormat, answer_record, new_id
-from serve.auth import KeyChecker, RateLimiter, key_label, request_key
+from serve.auth import KeyChecker, RateLimiter, key_label
 from serve.engine import Completion, QAEngine
 from serve.openai_api import (
     SSE_DONE,
@@ -356,8 +356,7 @@ class QAServer:
     # ------------------------------------------------------------------ helpers
 
     async def _parse(self, request: Request, model):
-        self.auth.check(request.headers)
-        key = request_key(request.headers)
+        key = self.auth.check(request.headers)
         self.limiter.check(key_label(key) if key else f"client:{request.client.host if request.client else ''}")
         check_content_type(request.headers.get("content-type", ""))
         req = parse_model(model, parse_json(await request.body(), MAX_BODY_BYTES))

@@ -63,15 +63,17 @@ class KeyChecker:
     def open(self) -> bool:
         return not self.api_keys
 
-    def check(self, headers) -> None:
-        """Raise 401 unless the request carries a valid user (or admin) key, or keys are off."""
-        if self.open:
-            return
+    def check(self, headers) -> str:
+        """The request's key ("" when none); 401 unless it is a valid user (or admin) key, or
+        keys are off."""
         key = request_key(headers)
+        if self.open:
+            return key
         if not key:
             raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         if not (_matches(key, self.api_keys) or _matches(key, self.admin_keys)):
             raise _unauthorized("invalid API key")
+        return key
 
     def check_admin(self, headers) -> None:
         if not self.admin_keys:

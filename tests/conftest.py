@@ -50,3 +50,22 @@ def tiny_model_dir() -> str:
     with open(cache / ".tiny-llama.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return str(build_tiny_model(cache / "tiny-llama"))
+
+
+def _role_pids(role_class: str) -> list[int]:
+    """Actor processes of this class (Ray titles them `ray::<Class>[.method]`), without the
+    children they fork (which inherit the title)."""
+    found: dict[int, int] = {}  # pid -> parent pid
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and f"ray::{role_class}".encode() in (proc / "cmdline").read_bytes():
+                found[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return [pid for pid, parent in found.items() if parent not in found]
+
+
+@pytest.fixture(scope="session")
+def role_pids():
+    """`role_pids("RolloutActor")`: the pids of a Ray actor class's processes, to kill -9 them."""
+    return _role_pids

@@ -77,7 +77,10 @@ def train(
 OUT_OPT = typer.Option(None, "--out", help="Output folder (default runs/<train.name>/<stage>).")
 
 
-def _finetune(kind: str, cfg, out_path: Path | None, paths: list[str] | None = None) -> None:
+RESUME_OPT = typer.Option(False, help="Continue from the run's last checkpoint (<stage>.save_every).")
+
+
+def _finetune(kind: str, cfg, out_path: Path | None, paths: list[str] | None = None, resume: bool = False) -> None:
     from rlhf.models.paths import ModelError
     from rlhf.supervised.inputs import finetune_job
     from rlhf.supervised.trainer import run_finetune
@@ -89,7 +92,7 @@ def _finetune(kind: str, cfg, out_path: Path | None, paths: list[str] | None = N
     except (DataError, ModelError) as exc:
         fail(str(exc))
     with console.status(f"{kind}: training on {len(job.train)} examples with {stage.num_workers} ZeRO-3 workers"):
-        rows = run_finetune(job, cfg, log=say)
+        rows = run_finetune(job, cfg, log=say, resume=resume)
     table = Table(title=f"{kind} validation")
     keys = [k for k in rows[-1] if k.startswith("val/")]
     for col in ["step", *keys]:
@@ -102,25 +105,25 @@ def _finetune(kind: str, cfg, out_path: Path | None, paths: list[str] | None = N
 
 @app.command()
 def sft(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_ARG,
-        out_dir: Path | None = OUT_OPT) -> None:
+        out_dir: Path | None = OUT_OPT, resume: bool = RESUME_OPT) -> None:
     """Supervised fine-tuning on QA pairs (answer tokens only; DeepSpeed ZeRO-3 through Ray Train)."""
-    _finetune("sft", load(config, overrides), out_dir)
+    _finetune("sft", load(config, overrides), out_dir, resume=resume)
 
 
 @app.command()
 def rm(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_ARG,
        pairs: list[str] | None = typer.Option(None, help="Preference/ratings/rankings files (repeatable)."),
-       out_dir: Path | None = OUT_OPT) -> None:
+       out_dir: Path | None = OUT_OPT, resume: bool = RESUME_OPT) -> None:
     """Train a reward model on preference pairs (Bradley-Terry) through Ray Train."""
-    _finetune("rm", load(config, overrides), out_dir, pairs)
+    _finetune("rm", load(config, overrides), out_dir, pairs, resume)
 
 
 @app.command()
 def dpo(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_ARG,
         pairs: list[str] | None = typer.Option(None, help="Preference/ratings/rankings files (repeatable)."),
-        out_dir: Path | None = OUT_OPT) -> None:
+        out_dir: Path | None = OUT_OPT, resume: bool = RESUME_OPT) -> None:
     """Direct preference optimisation on preference pairs, the offline alternative to RM + RL."""
-    _finetune("dpo", load(config, overrides), out_dir, pairs)
+    _finetune("dpo", load(config, overrides), out_dir, pairs, resume)
 
 
 @app.command("eval")

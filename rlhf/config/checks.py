@@ -143,6 +143,8 @@ def _validate_sizes(cfg) -> None:
     )
     _check(cfg.train.steps >= 1, "train.steps", "must be at least 1")
     _check(cfg.train.save_every >= 0, "train.save_every", "must be 0 or more")
+    for stage in ("sft", "rm", "dpo"):
+        _check(getattr(cfg, stage).save_every >= 0, f"{stage}.save_every", "must be 0 or more")
     _check(0.0 <= cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
     _check(cfg.serve.max_tokens_limit >= 1, "serve.max_tokens_limit", "must be at least 1")
     _check(cfg.serve.rate_limit_per_minute >= 0, "serve.rate_limit_per_minute", "must be 0 (off) or more")

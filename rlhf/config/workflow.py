@@ -119,6 +119,9 @@ class FinetuneConfig:
     """Train LoRA adapters (model.lora settings) and merge them into the export."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0: no limit)."""
+    save_every: int = 50
+    """Optimizer steps between checkpoints (DeepSpeed shards in Ray Train's run folder, the last
+    one kept); a dead worker resumes from the last one, and so does `--resume`. 0: never."""
 
 
 @dataclass

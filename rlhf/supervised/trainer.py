@@ -1,7 +1,8 @@
 """SFT, reward-model and DPO training: DeepSpeed ZeRO-3 workers under Ray Train.
 
 The driver tokenises everything once (`prepare_*`), a `TorchTrainer` runs `_worker` on N ranks
-(gloo on CPU, nccl on GPUs), each rank trains on an equal shard, and rank 0 exports a Hugging Face folder.
+(gloo on CPU, nccl on GPUs), each rank trains on an equal shard, checkpoints every `save_every`
+steps (`rlhf.supervised.checkpoints`), and rank 0 exports a Hugging Face folder.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import torch
 from rlhf.config.training import LoraConfig
 from rlhf.config.tree import Config
 from rlhf.config.workflow import FinetuneConfig
+from rlhf.supervised import checkpoints
 from rlhf.supervised.examples import PairExample, pad_batch, pair_batch, shard
 from rlhf.supervised.objectives import bradley_terry_loss, dpo_loss, sequence_logprob, sft_loss
 
@@ -169,7 +171,9 @@ def _worker(config: dict) -> None:
     if job.kind == "dpo":
         refs = _reference_logprobs(engine, train, micro, tok.pad_token_id)
         val_refs = _reference_logprobs(engine, val, micro, tok.pad_token_id)
-    _train_loop(job, engine, train, val, micro, accum, tok.pad_token_id, refs, val_refs, rank)
+    # After the DPO reference pass: the reference is the initial model, not the checkpoint's.
+    start, train_stats = checkpoints.restore(engine)
+    _train_loop(job, engine, train, val, micro, accum, tok.pad_token_id, refs, val_refs, rank, start, train_stats)
     state = gather_full_state(engine.module, rank, lora)
     if rank == 0:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -183,34 +187,51 @@ def _unwrap(module):
     return module.get_base_model() if hasattr(module, "get_base_model") else module
 
 
-def _train_loop(job, engine, train, val, micro, accum, pad_id, refs, val_refs, rank) -> None:
+def _train_loop(job, engine, train, val, micro, accum, pad_id, refs, val_refs, rank, start=0, train_stats=None):
+    """Optimizer steps `start`..end; a validation row every `eval_every` steps (and at the end),
+    a checkpoint every `save_every`. A resumed run keeps the rows up to `start` and writes the rest."""
     import ray.train
 
     steps = total_steps(job)
     per_step = micro * accum
     batches = max(1, len(train) // per_step)
-    order = list(range(batches))
     log = Path(job.out_dir) / "metrics.jsonl"
     every = job.eval_every or max(1, steps // 4)
-    started = time.perf_counter()
-    train_stats: dict = {}
-    for step in range(steps + 1):
-        if step % every == 0 or step == steps:
+    save_every = job.settings.save_every
+    metrics = _resumed(log, start, rank)
+    started = time.perf_counter() - metrics.get("seconds", 0.0)
+    train_stats = train_stats or {}
+    order = checkpoints.batch_order(job.seed, start, batches)
+    for step in range(start, steps + 1):
+        validate = (step % every == 0 or step == steps) and not (step == start > 0)  # a resumed row exists
+        if validate:
             metrics = {"step": step, **_validate(job, engine, val, micro, pad_id, val_refs),
                        "seconds": time.perf_counter() - started, **train_stats}
             if rank == 0:
                 with log.open("a") as f:
                     f.write(json.dumps(metrics) + "\n")
+        if save_every and step % save_every == 0 and start < step < steps:
+            checkpoints.save(engine, step, train_stats, metrics)
+        elif validate:
             ray.train.report(metrics)
         if step == steps:
             break
         if step % batches == 0:
-            random.Random(job.seed + step).shuffle(order)  # a new epoch, same order on every rank
+            order = checkpoints.batch_order(job.seed, step, batches)  # a new epoch, same order on every rank
         b = order[step % batches]
         train_stats = _optimizer_step(job, engine, train[b * per_step : (b + 1) * per_step], micro, pad_id,
                                       refs[b * accum : (b + 1) * accum] if refs else None)
         if rank == 0:
             _write_progress(Path(job.out_dir), step + 1, steps, time.perf_counter() - started, train_stats)
+
+
+def _resumed(log: Path, start: int, rank: int) -> dict:
+    """The last validation row up to `start` (a resumed run goes on from it), {} on a fresh run."""
+    if start == 0 or rank != 0:
+        return {}  # only rank 0's metrics are kept
+    checkpoints.keep_rows(log, start)
+    rows = log.read_text().splitlines() if log.exists() else []
+    return json.loads(rows[-1]) if rows else {}
 
 
 def _write_progress(out: Path, step: int, steps: int, seconds: float, stats: dict) -> None:
@@ -235,10 +256,11 @@ def _optimizer_step(job, engine, items, micro, pad_id, refs) -> dict:
 
 
 def run_finetune(job: FinetuneJob, cfg: Config, callbacks: list | None = None,
-                 log: Callable[[str], None] | None = None) -> list[dict]:
+                 log: Callable[[str], None] | None = None, resume: bool = False) -> list[dict]:
     """Run `job` on Ray Train; returns the validation rows (also in out_dir/metrics.jsonl).
     `callbacks`: Ray Train callbacks, e.g. Tune's TuneReportCallback inside a sweep's trial.
-    `log`: gets a progress line every few seconds while the steps advance."""
+    `log`: gets a progress line every few seconds while the steps advance.
+    `resume`: continue from the last checkpoint of the run in out_dir (else start afresh)."""
     import ray
 
     from rlhf.cluster.session import start_local
@@ -248,8 +270,7 @@ def run_finetune(job: FinetuneJob, cfg: Config, callbacks: list | None = None,
                          f"({job.settings.batch_size}); add data or lower {job.kind}.batch_size")
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    (out / "progress.json").unlink(missing_ok=True)
+    _prepare_run(job, out, resume, log or (lambda _: None))
     started_ray = start_local(max(os.cpu_count() or 1, job.settings.num_workers + 1))
     stop = threading.Event()
     watcher = threading.Thread(target=_report_progress, args=(job.kind, out, log, stop), daemon=True)
@@ -264,6 +285,36 @@ def run_finetune(job: FinetuneJob, cfg: Config, callbacks: list | None = None,
     if result.error:
         raise RuntimeError(f"{job.kind} training failed: {result.error}")
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_run_dir(job: FinetuneJob) -> Path:
+    """Ray Train's folder for the run that writes `job.out_dir` (beside it, so the export stays a
+    clean HF folder): its checkpoints and the snapshot Ray Train restores them from."""
+    out = Path(job.out_dir).resolve()
+    return out.parent / ".ray-train" / f"{out.name}-{job.kind}"
+
+
+def _prepare_run(job: FinetuneJob, out: Path, resume: bool, log: Callable[[str], None]) -> None:
+    run_dir = train_run_dir(job)
+    if resume:
+        latest = last_checkpoint(run_dir)
+        log(f"[{job.kind}] resuming from {latest}" if latest
+            else f"[{job.kind}] no checkpoint in {run_dir}; starting from step 0")
+        if latest:
+            return
+    shutil.rmtree(run_dir, ignore_errors=True)  # Ray Train would restore whatever it finds there
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    (out / "progress.json").unlink(missing_ok=True)
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint Ray Train restores the run from (the latest it recorded: a folder written
+    just before a crash but never reported is not one), None when there is none."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
 
 
 def _report_progress(kind: str, out: Path, log: Callable[[str], None], stop: threading.Event,
@@ -281,7 +332,7 @@ def _report_progress(kind: str, out: Path, log: Callable[[str], None], stop: thr
 
 
 def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list):
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rlhf.models.runtime import supervised_accelerator
@@ -302,8 +353,9 @@ def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list):
         scaling_config=ScalingConfig(num_workers=job.settings.num_workers, use_gpu=cfg.resources.use_gpu,
                                      resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend=backend),
-        # Ray Train's own records go beside the export, which stays a clean HF folder.
-        run_config=RunConfig(name=f"{job.kind}-{int(time.time())}",
-                             storage_path=str((out.parent / ".ray-train").resolve()), callbacks=callbacks),
+        # A dead worker restarts the group from the last checkpoint, max_failures times.
+        run_config=RunConfig(name=train_run_dir(job).name, storage_path=str(train_run_dir(job).parent),
+                             callbacks=callbacks, checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
     )
     return trainer.fit()

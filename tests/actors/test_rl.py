@@ -36,25 +36,12 @@ def mean(values) -> float:
 KILLS = (("RewardActor", 2), ("RolloutActor", 4), ("LearnerRank", 7), ("ReferenceActor", 9))
 
 
-def role_pids(role_class: str) -> list[int]:
-    """Actor processes of this class (Ray titles them `ray::<Class>[.method]`), without the
-    children they fork (which inherit the title)."""
-    found: dict[int, int] = {}  # pid -> parent pid
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and f"ray::{role_class}".encode() in (proc / "cmdline").read_bytes():
-                found[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return [pid for pid, parent in found.items() if parent not in found]
-
-
 def logged_steps(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def kill_during(proc: subprocess.Popen, run_dir: Path, kills=KILLS, timeout: float = 600) -> list[str]:
+def kill_during(proc: subprocess.Popen, run_dir: Path, role_pids, kills=KILLS, timeout: float = 600) -> list[str]:
     """kill -9 the newest process of each role once `after` steps are logged; the roles killed."""
     killed, deadline = [], time.time() + timeout
     for role, after in kills:
@@ -69,13 +56,13 @@ def kill_during(proc: subprocess.Popen, run_dir: Path, kills=KILLS, timeout: flo
 
 
 @pytest.fixture(scope="module")
-def grpo_run(tmp_path_factory) -> Path:
+def grpo_run(tmp_path_factory, role_pids) -> Path:
     run_dir = tmp_path_factory.mktemp("grpo") / "run"
     cmd = [sys.executable, "-m", "rlhf.cli.main", "train", "examples/tiny-grpo.yaml", "--run-dir", str(run_dir),
            "--registry", str(run_dir.parent / "registry"), "train.save_every=3", "train.max_failures=4"]
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "COLUMNS": "200"}) as proc:
-        killed = kill_during(proc, run_dir)
+        killed = kill_during(proc, run_dir, role_pids)
         _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert killed == [role for role, _ in KILLS], (killed, err[-3000:])

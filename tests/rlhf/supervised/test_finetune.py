@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,17 +98,79 @@ def _synthetic_pairs(path: Path, n: int = 160) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_dpo_raises_the_chosen_over_rejected_margin(tmp_path, tiny_model_dir):
+def _dpo_job(tmp_path: Path, tiny_model_dir: str, out: Path, *extra: str):
     from rlhf.supervised.inputs import pair_job
+
+    cfg = _cfg(tmp_path, tiny_model_dir, "dpo.lr=0.001", "dpo.epochs=1", "dpo.beta=0.1", "dpo.save_every=2", *extra)
+    pairs = tmp_path / "pairs.jsonl"
+    if not pairs.exists():
+        _synthetic_pairs(pairs)
+    return cfg, pair_job("dpo", cfg, tiny_model_dir, [str(pairs)], out)
+
+
+@pytest.fixture(scope="module")
+def dpo_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, list[dict]]:
+    """An uninterrupted DPO run (16 steps, a checkpoint every 2): its folder and validation rows."""
     from rlhf.supervised.trainer import run_finetune
 
-    cfg = _cfg(tmp_path, tiny_model_dir, "dpo.lr=0.001", "dpo.epochs=1", "dpo.beta=0.1")
-    pairs = _synthetic_pairs(tmp_path / "pairs.jsonl")
-    rows = run_finetune(pair_job("dpo", cfg, tiny_model_dir, [str(pairs)], tmp_path / "dpo"), cfg)
+    tmp = tmp_path_factory.mktemp("dpo")
+    cfg, job = _dpo_job(tmp, tiny_model_dir, tmp / "dpo")
+    return tmp, run_finetune(job, cfg)
+
+
+@pytest.mark.slow
+def test_dpo_raises_the_chosen_over_rejected_margin(dpo_run):
+    _, rows = dpo_run
     assert rows[0]["val/margin"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at the start
     assert rows[-1]["val/margin"] > 0.5
     assert rows[-1]["val/accuracy"] > 0.8
+
+
+def _kill_a_worker_after(out: Path, step: int, role_pids, timeout: float = 300) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            done = json.loads((out / "progress.json").read_text())["step"]
+        except (OSError, ValueError):
+            done = 0
+        pids = role_pids("RayTrainWorker")
+        if done >= step and pids:
+            os.kill(max(pids), signal.SIGKILL)
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_a_dpo_run_killed_mid_way_resumes_from_its_checkpoint_step_by_step(dpo_run, tiny_model_dir, role_pids):
+    """kill -9 of a Ray Train worker after step 5 with no retries left fails the run; `--resume`
+    continues from the last checkpoint (step 4, or 2 if 4 was not yet recorded) and every
+    validation row, the weights' effect included, equals the uninterrupted run's."""
+    from rlhf.supervised.trainer import last_checkpoint, run_finetune, train_run_dir
+
+    tmp, expected = dpo_run
+    out = tmp / "killed"
+    cfg, job = _dpo_job(tmp, tiny_model_dir, out, "train.max_failures=0")
+    killed = []
+    killer = threading.Thread(target=lambda: killed.append(_kill_a_worker_after(out, 5, role_pids)))
+    killer.start()
+    with pytest.raises(Exception):  # noqa: B017 - Ray Train's error type for a dead worker group
+        run_finetune(job, cfg)
+    killer.join()
+    assert killed == [True]
+    latest = last_checkpoint(train_run_dir(job))
+    assert latest in ("checkpoint_step_000002", "checkpoint_step_000004")
+    lines: list[str] = []
+    rows = run_finetune(job, cfg, log=lines.append, resume=True)
+    assert f"[dpo] resuming from {latest}" in lines
+
+    def same(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k != "seconds"}
+
+    assert [r["step"] for r in rows] == [r["step"] for r in expected]
+    for got, want in zip(rows, expected):
+        assert same(got) == pytest.approx(same(want), rel=1e-5, abs=1e-6), got["step"]
+    assert (out / "model.safetensors").exists()
 
 
 def test_identical_chosen_and_rejected_rows_are_quarantined(tmp_path):

@@ -3,6 +3,7 @@ prepare the run directory, start the roles, run the Trainer, export, report."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -111,9 +112,11 @@ def init_ray(cfg: Config) -> None:
     _STARTED_RAY = start_local(num_cpus, runtime_env=env)
 
 
-def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failures: FailureLog | None = None) -> Roles:
+def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failures: FailureLog | None = None,
+                record: Path | None = None) -> Roles:
     """Reserve the placement group, start every actor, wait until all are ready. Reward and
-    reference actors come back after a death (actors/recovery.py); `failures` logs it."""
+    reference actors come back after a death (actors/recovery.py); `failures` logs it. `record`:
+    a JSON file to write where each actor landed, the weight transport and the learner's address."""
     import ray
 
     init_ray(cfg)
@@ -141,7 +144,12 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
     get("rollout", [e.info.remote() for e in engines])
     pool = ThreadPoolExecutor(max_workers=4)
     # The project's layout gives engines GPUs of their own, never the learner's (colocated=False).
-    transport = choose_transport(cfg.rollout.weight_sync, cfg.resources.use_gpu, len(ray.nodes()) > 1, False)
+    transport = choose_transport(cfg.rollout.weight_sync, cfg.resources.use_gpu, placement.multi_node(), False)
+    if record is not None:
+        actors = {"rollout": engines, "learner": ranks, "reward": [reward], "reference": [reference]}
+        where = {role: get(role, [a.where.remote() for a in group if a is not None]) for role, group in actors.items()}
+        record.write_text(json.dumps({"roles": where, "weight_sync": transport, "learner_address": addr,
+                                      "nodes": sum(1 for n in ray.nodes() if n["Alive"])}, indent=1))
     if transport in GPU_TRANSPORTS:
         addr, port = get("learner", ranks[0].address.remote())  # a second free port, for vLLM's group
         get("learner", [r.connect_engines.remote(engines, addr, port) for r in ranks])
@@ -253,7 +261,7 @@ def _attempt(cfg: Config, path: Path, models: tuple[str, str], resume: bool, con
     run_id = uuid.uuid4().hex[:8]
     try:
         with console.status("starting Ray actors: rollout (vLLM), reward, reference, learner (ZeRO-3)"):
-            roles = start_roles(cfg, *models, run_id, failures)
+            roles = start_roles(cfg, *models, run_id, failures, record=path / "placement.json")
         with Progress(TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                       TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("train", total=cfg.train.steps, info="")

@@ -26,6 +26,7 @@ from actors.gpu_weights import (
     ray_call,
     wire_meta,
 )
+from actors.placement import Placed, multi_node
 from rlhf.config.tree import Config
 from rlhf.models.loading import load_causal_lm, load_critic, load_tokenizer
 from rlhf.models.logprobs import response_logprobs, token_values
@@ -74,12 +75,12 @@ def rendezvous_address(use_gpu: bool) -> str:
     node's address as Ray knows it, which the other nodes reach."""
     import ray
 
-    if not use_gpu and len([n for n in ray.nodes() if n["Alive"]]) <= 1:
+    if not use_gpu and not multi_node():
         return "127.0.0.1"
     return ray.util.get_node_ip_address()
 
 
-class LearnerRank:
+class LearnerRank(Placed):
     """One ZeRO-3 rank. Public methods: address, setup, forward, update, publish_weights,
     save, load, export, partition_info."""
 

@@ -1,5 +1,6 @@
-"""Placement groups per role: `reserve` turns a layout into one Ray placement group and
-`strategy` hands back the scheduling strategy for one bundle.
+"""Placement groups per role: `reserve` turns a layout into one Ray placement group,
+`strategy` hands back the scheduling strategy for one bundle, and `Placed` lets every role's
+actor say where it landed.
 
 The layout itself (`Layout`, `role_bundles`, `actor_resources`, `check_fits`) is pure and lives
 in rlhf/cluster/resources.py, so `rlhf submit` can check a run against a cluster without Ray.
@@ -26,3 +27,22 @@ def strategy(pg, bundle_index: int):
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=bundle_index)
+
+
+def multi_node() -> bool:
+    """Whether the Ray cluster has more than one live node (roles may sit on different hosts)."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node["Alive"]) > 1
+
+
+class Placed:
+    """Mixed into every role's actor: `where` names the process and the Ray node it runs on."""
+
+    def where(self) -> dict:
+        import os
+
+        import ray
+
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                "ip": ray.util.get_node_ip_address()}

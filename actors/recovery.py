@@ -19,6 +19,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from actors.placement import Placed
+
 RESTARTED_BY_RAY = ("reward", "reference")
 """Roles whose actors Ray restarts in place: their state is only what __init__ loads."""
 
@@ -94,17 +96,14 @@ class FailureLog:
             f.write(json.dumps(row) + "\n")
 
 
-class Restartable:
+class Restartable(Placed):
     """Mixed into actors Ray restarts in place: `incarnation` names the process that answers, so
     the driver sees a restart that happened between two calls (no call failed, yet the actor
     died and came back) and logs it like any other."""
 
     def incarnation(self) -> tuple[int, str]:
-        import os
-
-        import ray
-
-        return os.getpid(), ray.util.get_node_ip_address()
+        where = self.where()
+        return where["pid"], where["ip"]
 
 
 class RetryingHandle:

@@ -169,7 +169,8 @@ def _translated(address: str, job_id: str = "") -> Iterator[None]:
 
 
 def cluster_capacity(address: str) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Total CPU/GPU of the cluster's live nodes, and each node's, through the State API."""
+    """Total resources of the cluster's live nodes (CPU, GPU, custom ones), and each node's,
+    through the State API."""
     from ray.util.state.api import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
     from ray.util.state.exception import RayStateApiException
@@ -185,7 +186,7 @@ def cluster_capacity(address: str) -> tuple[dict[str, float], list[dict[str, flo
         except RayStateApiException as exc:
             raise JobError(f"could not list the nodes of the Ray cluster at {address}: {exc}") from None
     per_node = [dict(_get(n, "resources_total") or {}) for n in nodes]
-    totals = {key: sum(n.get(key, 0.0) for n in per_node) for key in ("CPU", "GPU")}
+    totals = {key: sum(n.get(key, 0.0) for n in per_node) for key in {"CPU", "GPU"}.union(*per_node)}
     return totals, per_node
 
 

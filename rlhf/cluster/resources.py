@@ -97,14 +97,14 @@ def role_bundles(cfg: Config) -> Layout:
     check_resources(cfg)
     r, cpu = cfg.resources, cfg.resources.cpus_per_actor
 
-    def ask(cpus: float, gpus: float) -> dict[str, float]:
-        return {"CPU": cpus, "GPU": gpus if r.use_gpu else 0.0}
+    def ask(cpus: float, gpus: float, role: str) -> dict[str, float]:
+        return {"CPU": cpus, "GPU": gpus if r.use_gpu else 0.0, **r.role_resources.get(role, {})}
 
     layout = Layout()
     for _ in range(cfg.rollout.num_engines):
-        layout.add("rollout", ask(cpu, r.gpus_per_rollout * cfg.rollout.tensor_parallel_size))
+        layout.add("rollout", ask(cpu, r.gpus_per_rollout * cfg.rollout.tensor_parallel_size, "rollout"))
     for _ in range(cfg.learner.num_ranks):
-        layout.add("learner", ask(cpu, r.gpus_per_learner))
+        layout.add("learner", ask(cpu, r.gpus_per_learner, "learner"))
     needs_reference = reference_role(cfg) == "actor"
     if r.colocate and needs_reference:
         # Reward and reference are small forward-only models scored at the same time: one
@@ -115,14 +115,14 @@ def role_bundles(cfg: Config) -> Layout:
         reward_cpu = cpu / 2 if cfg.reward.model_path else 0.0
         learner0 = layout.slots["learner"][0]
         if r.use_gpu and shared_gpu > 0 and r.gpus_per_learner + shared_gpu <= 1 + 1e-9:
-            index = layout.join("reward", learner0, ask(reward_cpu, r.gpus_per_reward))
+            index = layout.join("reward", learner0, ask(reward_cpu, r.gpus_per_reward, "reward"))
         else:
-            index = layout.add("reward", ask(reward_cpu, r.gpus_per_reward))
-        layout.join("reference", index, ask(cpu - reward_cpu, r.gpus_per_reference))
+            index = layout.add("reward", ask(reward_cpu, r.gpus_per_reward, "reward"))
+        layout.join("reference", index, ask(cpu - reward_cpu, r.gpus_per_reference, "reference"))
     else:
-        layout.add("reward", ask(cpu, r.gpus_per_reward))
+        layout.add("reward", ask(cpu, r.gpus_per_reward, "reward"))
         if needs_reference:
-            layout.add("reference", ask(cpu, r.gpus_per_reference))
+            layout.add("reference", ask(cpu, r.gpus_per_reference, "reference"))
     _check_whole_gpus(layout)
     return layout
 
@@ -151,6 +151,14 @@ def check_fits(layout: Layout, available: dict[str, float], nodes: list[dict[str
             raise ConfigError(
                 f"resources: the run needs {need:g} {resource} ({layout.describe(resource)}) but the Ray "
                 f"cluster has {have:g}; lower rollout.num_engines / learner.num_ranks or resources.*"
+            )
+    for resource in sorted({k for bundle in layout.bundles for k in bundle} - set(RESOURCES)):
+        need, have = layout.total(resource), available.get(resource, 0.0)
+        if need > have + 1e-9:
+            raise ConfigError(
+                f"resources.role_resources: the run needs {need:g} {resource} ({layout.describe(resource)}) "
+                f"but the Ray cluster has {have:g}; start nodes with `ray start --resources "
+                f"'{{\"{resource}\": N}}'` or change resources.role_resources"
             )
     for index, bundle in enumerate(layout.bundles if nodes else []):
         if not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items()) for node in nodes):

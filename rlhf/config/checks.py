@@ -150,6 +150,19 @@ def _validate_sizes(cfg) -> None:
     _check(cfg.serve.rate_limit_per_minute >= 0, "serve.rate_limit_per_minute", "must be 0 (off) or more")
     _check(cfg.serve.rate_limit_burst >= 1, "serve.rate_limit_burst", "must be at least 1")
     _check(cfg.serve.max_messages >= 1, "serve.max_messages", "must be at least 1")
+    _validate_role_resources(cfg.resources.role_resources)
+
+
+def _validate_role_resources(by_role: dict[str, dict[str, float]]) -> None:
+    roles = ("rollout", "learner", "reward", "reference")
+    for role, asks in by_role.items():
+        where = f"resources.role_resources.{role}"
+        _check(role in roles, where, f"unknown role; expected one of {', '.join(roles)}")
+        for name, amount in asks.items():
+            _check(name not in ("CPU", "GPU", "memory", "object_store_memory"), f"{where}.{name}",
+                   "set CPUs and GPUs with resources.cpus_per_actor and resources.gpus_per_*; "
+                   "role_resources holds custom resources only")
+            _check(amount > 0, f"{where}.{name}", f"must be more than 0, got {amount:g}")
 
 
 def _validate_review(r) -> None:

@@ -254,3 +254,7 @@ class ResourcesConfig:
     """Pack reward, reference and learner ranks into shared bundles where they fit."""
     num_cpus: int = 0
     """CPUs a local Ray may use; 0 lets Ray count them."""
+    role_resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Custom Ray resources each actor of a role asks for, by role (rollout, learner, reward,
+    reference), e.g. {rollout: {gen_node: 1}}: the role then runs only on nodes started with
+    them (`ray start --resources '{"gen_node": 4}'`)."""

@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -200,7 +201,7 @@ def test_silent_address_times_out_instead_of_hanging():
 
 
 def _stop_head(proc: subprocess.Popen, temp: Path) -> None:
-    """Stop this head and everything it started, and nothing else on the machine."""
+    """Stop this node and everything it started, and nothing else on the machine."""
     import psutil
 
     try:
@@ -208,18 +209,22 @@ def _stop_head(proc: subprocess.Popen, temp: Path) -> None:
     except psutil.NoSuchProcess:
         family = []
     proc.send_signal(signal.SIGTERM)  # `ray start --block` then stops the processes it started
-    _, alive = psutil.wait_procs(family, timeout=60)
+    # `ray start` returns within seconds; the head's dashboard and runtime-env agents can stay a
+    # minute after their raylet is gone, so whatever is left after 10 s is killed.
+    _, alive = psutil.wait_procs(family, timeout=10)
     strays = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
     for p in alive + strays:  # strays: anything else naming our temp dir is ours too
         with contextlib.suppress(psutil.Error):
             p.kill()
 
 
-def _wait_ready(proc: subprocess.Popen, address: str, log: Path, timeout_s: float = 180) -> None:
+def _wait_ready(procs: list[subprocess.Popen], address: str, temp: Path, timeout_s: float = 180) -> None:
+    """Until both nodes have joined (the cluster counts HEAD_CPUS)."""
     deadline = time.monotonic() + timeout_s
+    logs = lambda: "\n".join(p.read_text()[-2000:] for p in sorted(temp.glob("*.log")))  # noqa: E731
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if any(proc.poll() is not None for proc in procs):
+            pytest.fail(f"ray start exited:\n{logs()}")
         try:
             totals, _ = jobs.cluster_capacity(address)
             if totals.get("CPU") == HEAD_CPUS:
@@ -227,31 +232,69 @@ def _wait_ready(proc: subprocess.Popen, address: str, log: Path, timeout_s: floa
         except jobs.JobError:
             pass
         time.sleep(2)
-    pytest.fail(f"the local Ray head did not come up in {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"the two local Ray nodes did not come up in {timeout_s:.0f} s:\n{logs()}")
+
+
+def node_ip() -> str:
+    """This machine's first non-loopback IPv4 address, so the cluster's nodes are addressed the
+    way real hosts are (loopback when there is none)."""
+    import psutil
+
+    stats = psutil.net_if_stats()
+    for name, addrs in psutil.net_if_addrs().items():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127.") and stats.get(name, None) \
+                    and stats[name].isup:
+                return a.address
+    return "127.0.0.1"
+
+
+def _ray_start(temp: Path, name: str, args: list[str], ports: list[str]) -> tuple[subprocess.Popen, dict]:
+    ports = {port: free_port() for port in ports}
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", *args, "--disable-usage-stats"]
+    cmd += [arg for port, number in ports.items() for arg in (f"--{port}", str(number))]
+    with open(temp / f"{name}.log", "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+    return proc, ports
+
+
+NODE_PORTS = ["dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+              "metrics-export-port", "node-manager-port", "object-manager-port"]
 
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A Ray head on 127.0.0.1 with its own temp dir and ports; yields its dashboard address."""
+    """Two Ray nodes on this machine, each with its own ports and half the CPUs: a head that
+    advertises `gen_node` and a worker that advertises `train_node` (custom resources a run can
+    pin its roles to). Yields the head's dashboard address."""
     temp = Path(tempfile.mkdtemp(prefix="rlhf-ray-", dir="/tmp"))  # short: socket paths have a limit
-    ports = {name: free_port() for name in (
-        "port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
-        "node-manager-port", "object-manager-port")}
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-           "--node-ip-address", "127.0.0.1", "--num-cpus", str(HEAD_CPUS), "--include-dashboard", "true",
-           "--temp-dir", str(temp), "--object-store-memory", str(512 * 1024**2), "--disable-usage-stats"]
-    cmd += [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
-    log = temp / "head.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+    # Token authentication, as on a real cluster: every node, the job client and the job share one
+    # token (a node started with `--address` does not pick ~/.ray/auth_token up by itself).
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    ip, half = node_ip(), str(HEAD_CPUS // 2)
+    common = ["--node-ip-address", ip, "--num-cpus", half, "--object-store-memory", str(512 * 1024**2)]
+    head, ports = _ray_start(temp, "head", ["--head", *common, "--include-dashboard", "true", "--temp-dir", str(temp),
+                                            "--resources", '{"gen_node": 4}'],
+                             ["port", "dashboard-port", "ray-client-server-port", *NODE_PORTS])
+    procs = [head]
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
-        _wait_ready(proc, address, log)
+        # Its own temp dir: two nodes sharing one would also share (and clean up) each other's
+        # unpacked job packages.
+        (temp / "w").mkdir()
+        worker, _ = _ray_start(temp, "worker", ["--address", f"{ip}:{ports['port']}", *common, "--temp-dir",
+                                                str(temp / "w"), "--resources", '{"train_node": 4}'], NODE_PORTS)
+        procs.append(worker)
+        _wait_ready(procs, address, temp)
         yield address
     finally:
-        _stop_head(proc, temp)
+        for proc in reversed(procs):
+            _stop_head(proc, temp)
         shutil.rmtree(temp, ignore_errors=True)
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 def job_ids(address: str) -> set[str]:
@@ -265,9 +308,12 @@ def status_field(text: str, label: str) -> str:
 
 
 @pytest.mark.slow
-def test_submit_follows_a_tiny_run_to_success(ray_head, tmp_path):
+def test_submit_follows_a_tiny_run_to_success_across_two_nodes(ray_head, tmp_path):
+    """The engine on the head, the learner ranks on the other node: weights travel through the
+    object store, the ranks meet on the node's address, and the engine agrees with the learner."""
     run_dir = tmp_path / "run"
-    proc = rlhf("submit", TINY, "train.steps=2", "train.save_every=0", "--address", ray_head, "--follow",
+    proc = rlhf("submit", TINY, "train.steps=2", "train.save_every=0", "resources.role_resources.rollout.gen_node=1",
+                "resources.role_resources.learner.train_node=1", "--address", ray_head, "--follow",
                 "--run-dir", run_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job_id = proc.stdout.splitlines()[0]
@@ -284,6 +330,14 @@ def test_submit_follows_a_tiny_run_to_success(ray_head, tmp_path):
     rows = [json.loads(line) for line in (found / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all("reward/mean" in r for r in rows)
     assert (found / "model" / "config.json").is_file() and (found / "model" / "model.safetensors").is_file()
+
+    placed = json.loads((found / "placement.json").read_text())
+    engine_nodes = {a["node_id"] for a in placed["roles"]["rollout"]}
+    learner_nodes = {a["node_id"] for a in placed["roles"]["learner"]}
+    assert placed["nodes"] == 2 and len(engine_nodes) == len(learner_nodes) == 1 and engine_nodes != learner_nodes
+    assert placed["weight_sync"] == "object_store"
+    assert placed["learner_address"] == node_ip()  # not loopback, where the host has an address
+    assert all(r["perf/sync_bytes"] > 0 and 0 <= r["rollout/logprob_diff"] < 1e-3 for r in rows), rows
 
 
 @pytest.mark.slow

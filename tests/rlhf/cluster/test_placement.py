@@ -192,3 +192,27 @@ def test_with_lora_the_reference_is_the_engines_base_weights_and_has_no_bundle()
     # Another reference model needs its own copy; no KL needs none.
     assert reference_role(load_config(None, ["model.lora.enabled=true", "reference.path=/models/other"])) == "actor"
     assert reference_role(load_config(None, ["model.lora.enabled=true", "algo.kl_coef=0"])) is None
+
+
+def test_role_resources_pin_a_role_to_the_nodes_that_advertise_them():
+    lay = layout("resources.role_resources.rollout.gen_node=1", "resources.role_resources.learner.train_node=0.5")
+    assert [lay.bundles[i] for i in lay.slots["rollout"]] == [{"CPU": 1.0, "gen_node": 1.0}]
+    assert [lay.bundles[i] for i in lay.slots["learner"]] == [{"CPU": 1.0, "train_node": 0.5}] * 2
+    assert "gen_node" not in lay.bundles[lay.slots["reference"][0]]
+    check_fits(lay, {"CPU": 8, "gen_node": 1, "train_node": 4})
+    with pytest.raises(ConfigError, match=r"needs 1 train_node \(learner 1\) but the Ray cluster has 0.*"
+                                          r"ray start --resources"):
+        check_fits(lay, {"CPU": 8, "gen_node": 1})
+    with pytest.raises(ConfigError, match="no node of the cluster has that much"):
+        check_fits(lay, {"CPU": 8, "gen_node": 1, "train_node": 1},
+                   nodes=[{"CPU": 4, "gen_node": 1}, {"CPU": 4}])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("resources.role_resources.critic.x=1", "resources.role_resources.critic: unknown role; expected one of rollout"),
+    ("resources.role_resources.learner.CPU=2", "resources.role_resources.learner.CPU: set CPUs and GPUs"),
+    ("resources.role_resources.rollout.x=0", "resources.role_resources.rollout.x: must be more than 0"),
+])
+def test_bad_role_resources_name_their_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        layout(override)

@@ -23,6 +23,7 @@ from actors.reference import ReferenceActor
 from actors.reward import RewardActor
 from actors.rollout import RolloutActor
 from rlhf.cluster.resources import Layout, actor_resources, check_fits, reference_role, role_bundles
+from rlhf.cluster.session import live_nodes, multi_node
 from rlhf.config.tree import Config, dump_config
 from rlhf.config.typed_yaml import ConfigError
 from rlhf.models.loading import load_tokenizer
@@ -144,12 +145,12 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
     get("rollout", [e.info.remote() for e in engines])
     pool = ThreadPoolExecutor(max_workers=4)
     # The project's layout gives engines GPUs of their own, never the learner's (colocated=False).
-    transport = choose_transport(cfg.rollout.weight_sync, cfg.resources.use_gpu, placement.multi_node(), False)
+    transport = choose_transport(cfg.rollout.weight_sync, cfg.resources.use_gpu, multi_node(), False)
     if record is not None:
         actors = {"rollout": engines, "learner": ranks, "reward": [reward], "reference": [reference]}
         where = {role: get(role, [a.where.remote() for a in group if a is not None]) for role, group in actors.items()}
         record.write_text(json.dumps({"roles": where, "weight_sync": transport, "learner_address": addr,
-                                      "nodes": sum(1 for n in ray.nodes() if n["Alive"])}, indent=1))
+                                      "nodes": live_nodes()}, indent=1))
     if transport in GPU_TRANSPORTS:
         addr, port = get("learner", ranks[0].address.remote())  # a second free port, for vLLM's group
         get("learner", [r.connect_engines.remote(engines, addr, port) for r in ranks])

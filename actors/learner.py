@@ -26,7 +26,8 @@ from actors.gpu_weights import (
     ray_call,
     wire_meta,
 )
-from actors.placement import Placed, multi_node
+from actors.placement import Placed
+from rlhf.cluster.session import multi_node
 from rlhf.config.tree import Config
 from rlhf.models.loading import load_causal_lm, load_critic, load_tokenizer
 from rlhf.models.logprobs import response_logprobs, token_values

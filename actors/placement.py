@@ -29,13 +29,6 @@ def strategy(pg, bundle_index: int):
     return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=bundle_index)
 
 
-def multi_node() -> bool:
-    """Whether the Ray cluster has more than one live node (roles may sit on different hosts)."""
-    import ray
-
-    return sum(1 for node in ray.nodes() if node["Alive"]) > 1
-
-
 class Placed:
     """Mixed into every role's actor: `where` names the process and the Ray node it runs on."""
 

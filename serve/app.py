@@ -28,8 +28,8 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
+import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -37,11 +37,11 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from rlhf.config.tree import from_dict
-from rlhf.human.feedback import FeedbackError, FeedbackStore
-from rlhf.human.review_store import ReviewError, ReviewStore
+from rlhf.human.feedback import FeedbackError
+from rlhf.human.review_store import ReviewError
 from rlhf.safety.guard import Guard
 from rlhf.safety.guard_rules import Decision
-from serve import metrics, review_api
+from serve import feedback_service, metrics, review_api
 from serve.answers import Answer, Job, StreamFormat, answer_record, new_id
 from serve.auth import KeyChecker, RateLimiter, key_label
 from serve.engine import Completion, QAEngine
@@ -98,23 +98,24 @@ async def _unexpected(request: Request, exc: Exception):
 @serve.deployment(name="qa")
 @serve.ingress(api)
 class QAServer:
-    def __init__(self, model_path: str, config: dict):
+    def __init__(self, model_path: str, config: dict, feedback_db=None):
         cfg = from_dict(config)
         self.cfg, self.s = cfg, cfg.serve
         self.auth = KeyChecker(self.s.api_keys, self.s.admin_keys)
         self.limiter = RateLimiter(self.s.rate_limit_per_minute, self.s.rate_limit_burst)
         self.guard = Guard(self.s)
-        self.store = FeedbackStore(self.s.feedback_db)
-        self.reviews = ReviewStore(self.store)
+        # Answers, feedback and reviews: this replica's own SQLite connection, or `feedback_db`,
+        # the handle of the one FeedbackDB deployment when replicas span nodes (serve/feedback_service.py).
+        self.db = feedback_service.connect(self.s.feedback_db, feedback_db)
         self.reviewer_keys = review_api.ReviewerKeys(self.s.reviewer_keys, self.auth.admin_keys)
-        # One writer thread: SQLite commits (fsync) never block the event loop.
-        self.db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback-db")
         self.engine = QAEngine(model_path, cfg)
         self.model_path = model_path
         self.live = metrics.LIVE = metrics.VersionMetrics()  # per-version series for `rlhf monitor`
         # What /healthz reports about this replica: after Serve replaced a dead one, a new id and
         # a start time later than the death say when service came back, and the gap.
         self.replica = {"replica": serve.get_replica_context().replica_id.unique_id, "pid": os.getpid(),
+                        "node_id": ray.get_runtime_context().get_node_id(),
+                        "feedback_store": "actor" if feedback_db is not None else "file",
                         "started_at": round(time.time() - self.engine.start_seconds, 3),
                         "ready_at": round(time.time(), 3)}
         log.info("QA replica ready: engine started in %.1f s", self.engine.start_seconds)
@@ -143,7 +144,7 @@ class QAServer:
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s; raising marks the replica unhealthy."""
         await self.engine.check_health()
-        await self._db(self.store.ping)
+        await self.db("ping")
 
     def __del__(self):
         # Serve calls this when it stops the replica: take the engine's process down with it.
@@ -200,7 +201,7 @@ class QAServer:
         req = await self._parse(request, FeedbackRequest)
         fields = req.model_dump(exclude={"id"})
         try:
-            rows = await self._db(self.store.add_feedback, req.id, **fields)
+            rows = await self.db("add_feedback", req.id, **fields)
         except FeedbackError as exc:
             code = "answer_not_found" if exc.status == 404 else "invalid_value"
             raise ApiError(exc.status, str(exc), param=exc.param, code=code) from None
@@ -208,7 +209,7 @@ class QAServer:
                                 ("correction", "correction")) if fields[f] is not None]
         for kind in kinds:
             metrics.FEEDBACK.labels(kind).inc()
-        answer = await self._db(self.store.get_answer, req.id)
+        answer = await self.db("get_answer", req.id)
         self.live.feedback_rows(metrics.version_of(answer["model"]),
                                 [f"thumbs_{req.thumbs}" if k == "thumbs" else k for k in kinds])
         return {"id": req.id, "stored": kinds, "feedback_ids": rows}
@@ -235,7 +236,7 @@ class QAServer:
     @api.get("/admin/stats")
     async def admin_stats(self, request: Request):
         self.auth.check_admin(request.headers)
-        return await self._db(self.store.stats)
+        return await self.db("stats")
 
     @api.get("/admin/decisions")
     async def admin_decisions(self, request: Request):
@@ -243,7 +244,7 @@ class QAServer:
         raw = request.query_params.get("limit", "50")
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             raise ApiError(400, f"limit must be an integer 1-1000, got {raw!r}", param="limit")
-        return {"data": await self._db(self.store.recent_decisions, int(raw))}
+        return {"data": await self.db("recent_decisions", int(raw))}
 
     @api.get("/review")
     async def review_page(self):
@@ -257,7 +258,7 @@ class QAServer:
     async def review_items(self, request: Request):
         reviewer = self.reviewer_keys.reviewer(request.headers)
         limit = review_api.query_limit(request.query_params.get("limit"))
-        return await self._db(self.reviews.queue_for, reviewer, limit)
+        return await self.db("queue_for", reviewer, limit)
 
     @api.post("/review/items/{item_id}")
     async def review_submit(self, item_id: str, request: Request):
@@ -265,18 +266,18 @@ class QAServer:
         req = parse_model(review_api.ReviewRequest, parse_json(await request.body(), MAX_BODY_BYTES))
         ratings = req.ratings.model_dump() if req.ratings else None
         try:
-            review_id = await self._db(self.reviews.submit, item_id, reviewer, ratings, req.preferred,
-                                       req.correction, req.comment)
+            review_id = await self.db("submit", item_id, reviewer, ratings, req.preferred, req.correction,
+                                      req.comment)
         except ReviewError as exc:
             raise ApiError(exc.status, str(exc), param=exc.param, code=exc.code) from None
-        progress = await self._db(self.reviews.queue_for, reviewer, 0)
+        progress = await self.db("queue_for", reviewer, 0)
         return {"item_id": item_id, "review_id": review_id, "reviewer": reviewer, "done": progress["done"],
                 "left": progress["left"]}
 
     @api.get("/review/agreement")
     async def review_agreement(self, request: Request):
         self.reviewer_keys.reviewer(request.headers)
-        return await self._db(self.reviews.agreement)
+        return await self.db("agreement")
 
     # ------------------------------------------------------------------ the flow
 
@@ -351,7 +352,7 @@ class QAServer:
         metrics.TOKENS.labels("completion").inc(rec.completion_tokens)
         self.live.answer(engine.version, ans.guardrail is not None, time.perf_counter() - job.started,
                          rec.prompt_tokens, rec.completion_tokens, decisions)
-        await self._db(self.store.record_answer, rec, decisions)
+        await self.db("record_answer", rec, decisions)
 
     # ------------------------------------------------------------------ helpers
 
@@ -373,9 +374,6 @@ class QAServer:
     async def _guard(self, check, text, classifier) -> Decision:
         # Rules are microseconds; a classifier forward pass runs off the event loop.
         return await asyncio.to_thread(check, text) if classifier is not None else check(text)
-
-    async def _db(self, fn, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(self.db_pool, lambda: fn(*args, **kwargs))
 
     @staticmethod
     def _static(name: str) -> Response:

@@ -16,6 +16,7 @@ from rlhf.redteam.guard_train import resolve_guard
 from rlhf.safety.guard import is_guard_folder
 from rlhf.safety.guard_rules import GUARD_RULES
 from serve.app import QAServer
+from serve.feedback_service import FeedbackDB
 
 
 def check_serve_config(cfg: Config) -> None:
@@ -56,6 +57,8 @@ def deployment_options(cfg: Config) -> dict:
             "health_check_period_s": s.health_check_period_s,
             "health_check_timeout_s": s.health_check_timeout_s,
             "graceful_shutdown_timeout_s": 10}
+    if s.max_replicas_per_node:
+        opts["max_replicas_per_node"] = s.max_replicas_per_node
     if s.autoscale_max > 0:
         opts["autoscaling_config"] = {"min_replicas": s.autoscale_min, "max_replicas": s.autoscale_max,
                                       "initial_replicas": max(1, s.autoscale_min),
@@ -98,7 +101,20 @@ def app_for(model: str, cfg: Config, user_config: dict | None = None):
     # user_config (a promotion, a rollback) reaches the running replicas' `reconfigure` in place.
     version = hashlib.sha256(json.dumps([model_path, config], sort_keys=True, default=str).encode()).hexdigest()[:16]
     deployment = QAServer.options(**opts).options(version=version, _internal=True)
+    if feedback_store(cfg) == "actor":
+        return deployment.bind(model_path, config, FeedbackDB.bind(s.feedback_db))
     return deployment.bind(model_path, config)
+
+
+def feedback_store(cfg: Config) -> str:
+    """`file` or `actor` for serve.feedback_store; `auto` asks the connected Ray cluster."""
+    if cfg.serve.feedback_store != "auto":
+        return cfg.serve.feedback_store
+    import ray
+
+    from rlhf.cluster.session import multi_node
+
+    return "actor" if ray.is_initialized() and multi_node() else "file"
 
 
 def build_app(args: dict):

@@ -54,10 +54,11 @@ def start(model: str, cfg: Config, host: str, port: int, user_config: dict | Non
 
     from serve.application import app_for
 
-    application = app_for(model, cfg, user_config)  # config errors surface before Ray starts
+    app_for(model, cfg, user_config)  # config errors surface before Ray starts
     started_ray = start_ray(cfg)
     try:
-        serve.start(http_options={"host": host, "port": port})
+        application = app_for(model, cfg, user_config)  # with `auto`, the cluster's nodes pick the feedback store
+        serve.start(http_options={"host": host, "port": port}, proxy_location=cfg.serve.proxy_location)
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
     except BaseException:
         stop(started_ray)

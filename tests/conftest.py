@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,141 @@ def _role_pids(role_class: str) -> list[int]:
 def role_pids():
     """`role_pids("RolloutActor")`: the pids of a Ray actor class's processes, to kill -9 them."""
     return _role_pids
+
+
+# ----------------------------------------------------------------------------- two Ray nodes
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_ip() -> str:
+    """This machine's first non-loopback IPv4 address, so the cluster's nodes are addressed the
+    way real hosts are (loopback when there is none)."""
+    import socket
+
+    import psutil
+
+    stats = psutil.net_if_stats()
+    for name, addrs in psutil.net_if_addrs().items():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127.") and name in stats and stats[name].isup:
+                return a.address
+    return "127.0.0.1"
+
+
+@dataclass
+class RayNodes:
+    dashboard: str  # http://127.0.0.1:port, for Ray Jobs and the State API
+    gcs: str  # ip:port, for `ray.init(address=...)` and resources.address
+    ip: str  # the nodes' address
+    temp: Path
+
+
+NODE_PORTS = ["dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+              "metrics-export-port", "node-manager-port", "object-manager-port"]
+
+
+def _ray_start(temp: Path, name: str, args: list[str], ports: list[str]):
+    import subprocess
+    import sys
+
+    ports = {port: free_port() for port in ports}
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", *args, "--disable-usage-stats"]
+    cmd += [arg for port, number in ports.items() for arg in (f"--{port}", str(number))]
+    child_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    with open(temp / f"{name}.log", "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
+    return proc, ports
+
+
+def _stop_node(proc, temp: Path) -> None:
+    """Stop this node and everything it started, and nothing else on the machine (never `ray
+    stop`, which stops every Ray here)."""
+    import contextlib
+    import signal
+
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    proc.send_signal(signal.SIGTERM)  # `ray start --block` then stops the processes it started
+    # `ray start` returns within seconds; the head's dashboard and runtime-env agents can stay a
+    # minute after their raylet is gone, so whatever is left after 10 s is killed.
+    _, alive = psutil.wait_procs(family, timeout=10)
+    strays = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+    for p in alive + strays:  # strays: anything else naming our temp dir is ours too
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def _wait_ready(procs: list, address: str, temp: Path, cpus: int, timeout_s: float = 180) -> None:
+    """Until both nodes have joined (the cluster counts `cpus`)."""
+    import time
+
+    from rlhf.cluster import jobs
+
+    deadline = time.monotonic() + timeout_s
+    logs = lambda: "\n".join(p.read_text()[-2000:] for p in sorted(temp.glob("*.log")))  # noqa: E731
+    while time.monotonic() < deadline:
+        if any(proc.poll() is not None for proc in procs):
+            pytest.fail(f"ray start exited:\n{logs()}")
+        try:
+            totals, _ = jobs.cluster_capacity(address)
+            if totals.get("CPU") == cpus:
+                return
+        except jobs.JobError:
+            pass
+        time.sleep(2)
+    pytest.fail(f"the two local Ray nodes did not come up in {timeout_s:.0f} s:\n{logs()}")
+
+
+@contextmanager
+def _two_ray_nodes(cpus: int) -> Iterator[RayNodes]:
+    """A head advertising the custom resource `gen_node` and a worker advertising `train_node`,
+    each with its own ports, temp dir and half of `cpus`, on this machine's address."""
+    import secrets
+    import shutil
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix="rlhf-ray-", dir="/tmp"))  # short: socket paths have a limit
+    # Token authentication, as on a real cluster: every node, the job client and the job share one
+    # token (a node started with `--address` does not pick ~/.ray/auth_token up by itself).
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    ip, half = node_ip(), str(cpus // 2)
+    common = ["--node-ip-address", ip, "--num-cpus", half, "--object-store-memory", str(512 * 1024**2)]
+    head, ports = _ray_start(temp, "head", ["--head", *common, "--include-dashboard", "true", "--temp-dir", str(temp),
+                                            "--resources", '{"gen_node": 4}'],
+                             ["port", "dashboard-port", "ray-client-server-port", *NODE_PORTS])
+    procs = [head]
+    nodes = RayNodes(f"http://127.0.0.1:{ports['dashboard-port']}", f"{ip}:{ports['port']}", ip, temp)
+    try:
+        # Its own temp dir: two nodes sharing one would also share (and clean up) each other's
+        # unpacked job packages.
+        (temp / "w").mkdir()
+        worker, _ = _ray_start(temp, "worker", ["--address", nodes.gcs, *common, "--temp-dir", str(temp / "w"),
+                                                "--resources", '{"train_node": 4}'], NODE_PORTS)
+        procs.append(worker)
+        _wait_ready(procs, nodes.dashboard, temp, cpus)
+        yield nodes
+    finally:
+        for proc in reversed(procs):
+            _stop_node(proc, temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture(scope="session")
+def two_ray_nodes():
+    """`with two_ray_nodes(cpus) as nodes:` a two-node Ray cluster on this machine (RayNodes)."""
+    return _two_ray_nodes

@@ -16,6 +16,18 @@ from contextlib import contextmanager
 _shared_cpus = 0  # > 0 inside shared_session: the CPUs a local session starts with, kept till the end
 
 
+def live_nodes() -> int:
+    """Live nodes of the connected Ray cluster."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def multi_node() -> bool:
+    """Whether the connected Ray cluster spans more than one node (roles may sit on different hosts)."""
+    return live_nodes() > 1
+
+
 def start_local(num_cpus: int, runtime_env: dict | None = None) -> bool:
     """Start a local Ray unless one is connected. True when the caller owns it and must stop it."""
     import ray

@@ -30,6 +30,8 @@ CHOICES: dict[str, str | tuple[str, ...]] = {
     "model.attention": ("auto", "eager", "sdpa", "flash_attention_2"),
     "rollout.weight_sync": ("auto", "shm", "object_store", "nccl", "ipc"),
     "learner.backend": ("auto", "gloo", "nccl"),
+    "serve.feedback_store": ("auto", "file", "actor"),
+    "serve.proxy_location": ("EveryNode", "HeadOnly"),
     "tune.stage": ("rl", "sft", "rm", "dpo"),
     "tune.mode": ("max", "min"),
     "tune.scheduler": ("asha", "pbt", "fifo"),
@@ -150,6 +152,7 @@ def _validate_sizes(cfg) -> None:
     _check(cfg.serve.rate_limit_per_minute >= 0, "serve.rate_limit_per_minute", "must be 0 (off) or more")
     _check(cfg.serve.rate_limit_burst >= 1, "serve.rate_limit_burst", "must be at least 1")
     _check(cfg.serve.max_messages >= 1, "serve.max_messages", "must be at least 1")
+    _check(cfg.serve.max_replicas_per_node >= 0, "serve.max_replicas_per_node", "must be 0 (no limit) or more")
     _validate_role_resources(cfg.resources.role_resources)
 
 

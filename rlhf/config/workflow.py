@@ -17,6 +17,12 @@ class ServeConfig:
     """Model name reported by /v1/models and accepted in requests."""
     num_replicas: int = 1
     """Replicas of the QA deployment (ignored when autoscaling is on)."""
+    max_replicas_per_node: int = 0
+    """Replicas Serve may put on one node (1 spreads them, so one node's loss leaves the others
+    serving); 0: no limit."""
+    proxy_location: str = "EveryNode"
+    """Where Serve runs its HTTP proxies: EveryNode (each node with a replica listens on
+    host:port) or HeadOnly (one entry point)."""
     autoscale_min: int = 0
     """Autoscaling minimum replicas; 0 with autoscale_max 0 disables autoscaling."""
     autoscale_max: int = 0
@@ -39,6 +45,10 @@ class ServeConfig:
     """Most messages a chat request may carry."""
     feedback_db: str = "feedback.sqlite"
     """SQLite feedback store (WAL mode)."""
+    feedback_store: str = "auto"
+    """Who opens feedback_db: `file` (every replica, one machine), `actor` (one FeedbackDB
+    deployment on the head node that replicas on every node write through), `auto` (actor when
+    the Ray cluster has more than one node, else file)."""
     input_guard: str = "default"
     """Input guard classifier folder (`rlhf guard train`); `default` is the one trained on the
     attack corpus into $RLHF_CACHE/guard (by set-up, else on first use); empty: rules only."""

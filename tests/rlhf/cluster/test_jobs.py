@@ -8,19 +8,14 @@ which would stop every Ray on the machine.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import re
-import secrets
 import shlex
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -200,101 +195,16 @@ def test_silent_address_times_out_instead_of_hanging():
 # ----------------------------------------------------------------------------- a real local head
 
 
-def _stop_head(proc: subprocess.Popen, temp: Path) -> None:
-    """Stop this node and everything it started, and nothing else on the machine."""
-    import psutil
-
-    try:
-        family = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    proc.send_signal(signal.SIGTERM)  # `ray start --block` then stops the processes it started
-    # `ray start` returns within seconds; the head's dashboard and runtime-env agents can stay a
-    # minute after their raylet is gone, so whatever is left after 10 s is killed.
-    _, alive = psutil.wait_procs(family, timeout=10)
-    strays = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
-    for p in alive + strays:  # strays: anything else naming our temp dir is ours too
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-
-
-def _wait_ready(procs: list[subprocess.Popen], address: str, temp: Path, timeout_s: float = 180) -> None:
-    """Until both nodes have joined (the cluster counts HEAD_CPUS)."""
-    deadline = time.monotonic() + timeout_s
-    logs = lambda: "\n".join(p.read_text()[-2000:] for p in sorted(temp.glob("*.log")))  # noqa: E731
-    while time.monotonic() < deadline:
-        if any(proc.poll() is not None for proc in procs):
-            pytest.fail(f"ray start exited:\n{logs()}")
-        try:
-            totals, _ = jobs.cluster_capacity(address)
-            if totals.get("CPU") == HEAD_CPUS:
-                return
-        except jobs.JobError:
-            pass
-        time.sleep(2)
-    pytest.fail(f"the two local Ray nodes did not come up in {timeout_s:.0f} s:\n{logs()}")
-
-
-def node_ip() -> str:
-    """This machine's first non-loopback IPv4 address, so the cluster's nodes are addressed the
-    way real hosts are (loopback when there is none)."""
-    import psutil
-
-    stats = psutil.net_if_stats()
-    for name, addrs in psutil.net_if_addrs().items():
-        for a in addrs:
-            if a.family == socket.AF_INET and not a.address.startswith("127.") and stats.get(name, None) \
-                    and stats[name].isup:
-                return a.address
-    return "127.0.0.1"
-
-
-def _ray_start(temp: Path, name: str, args: list[str], ports: list[str]) -> tuple[subprocess.Popen, dict]:
-    ports = {port: free_port() for port in ports}
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", *args, "--disable-usage-stats"]
-    cmd += [arg for port, number in ports.items() for arg in (f"--{port}", str(number))]
-    with open(temp / f"{name}.log", "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
-    return proc, ports
-
-
-NODE_PORTS = ["dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-              "metrics-export-port", "node-manager-port", "object-manager-port"]
+@pytest.fixture(scope="module")
+def nodes(two_ray_nodes):
+    """Two Ray nodes on this machine (tests/conftest.py), HEAD_CPUS in all."""
+    with two_ray_nodes(HEAD_CPUS) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """Two Ray nodes on this machine, each with its own ports and half the CPUs: a head that
-    advertises `gen_node` and a worker that advertises `train_node` (custom resources a run can
-    pin its roles to). Yields the head's dashboard address."""
-    temp = Path(tempfile.mkdtemp(prefix="rlhf-ray-", dir="/tmp"))  # short: socket paths have a limit
-    # Token authentication, as on a real cluster: every node, the job client and the job share one
-    # token (a node started with `--address` does not pick ~/.ray/auth_token up by itself).
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    ip, half = node_ip(), str(HEAD_CPUS // 2)
-    common = ["--node-ip-address", ip, "--num-cpus", half, "--object-store-memory", str(512 * 1024**2)]
-    head, ports = _ray_start(temp, "head", ["--head", *common, "--include-dashboard", "true", "--temp-dir", str(temp),
-                                            "--resources", '{"gen_node": 4}'],
-                             ["port", "dashboard-port", "ray-client-server-port", *NODE_PORTS])
-    procs = [head]
-    address = f"http://127.0.0.1:{ports['dashboard-port']}"
-    try:
-        # Its own temp dir: two nodes sharing one would also share (and clean up) each other's
-        # unpacked job packages.
-        (temp / "w").mkdir()
-        worker, _ = _ray_start(temp, "worker", ["--address", f"{ip}:{ports['port']}", *common, "--temp-dir",
-                                                str(temp / "w"), "--resources", '{"train_node": 4}'], NODE_PORTS)
-        procs.append(worker)
-        _wait_ready(procs, address, temp)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            _stop_head(proc, temp)
-        shutil.rmtree(temp, ignore_errors=True)
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+def ray_head(nodes) -> str:
+    return nodes.dashboard
 
 
 def job_ids(address: str) -> set[str]:
@@ -308,7 +218,7 @@ def status_field(text: str, label: str) -> str:
 
 
 @pytest.mark.slow
-def test_submit_follows_a_tiny_run_to_success_across_two_nodes(ray_head, tmp_path):
+def test_submit_follows_a_tiny_run_to_success_across_two_nodes(nodes, ray_head, tmp_path):
     """The engine on the head, the learner ranks on the other node: weights travel through the
     object store, the ranks meet on the node's address, and the engine agrees with the learner."""
     run_dir = tmp_path / "run"
@@ -336,7 +246,7 @@ def test_submit_follows_a_tiny_run_to_success_across_two_nodes(ray_head, tmp_pat
     learner_nodes = {a["node_id"] for a in placed["roles"]["learner"]}
     assert placed["nodes"] == 2 and len(engine_nodes) == len(learner_nodes) == 1 and engine_nodes != learner_nodes
     assert placed["weight_sync"] == "object_store"
-    assert placed["learner_address"] == node_ip()  # not loopback, where the host has an address
+    assert placed["learner_address"] == nodes.ip  # not loopback, where the host has an address
     assert all(r["perf/sync_bytes"] > 0 and 0 <= r["rollout/logprob_diff"] < 1e-3 for r in rows), rows
 
 

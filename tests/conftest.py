@@ -119,7 +119,11 @@ def _ray_start(temp: Path, name: str, args: list[str], ports: list[str]):
     ports = {port: free_port() for port in ports}
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", *args, "--disable-usage-stats"]
     cmd += [arg for port, number in ports.items() for arg in (f"--{port}", str(number))]
-    child_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    # Ray Serve's defaults on the nodes: with RAY_SERVE_USE_GRPC_BY_DEFAULT=1 (serve/run.py's
+    # SERVE_ENV for one machine, set by test_serve's fixture) the head's proxy never reached the
+    # other node's replica here.
+    child_env = {k: v for k, v in os.environ.items()
+                 if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") and not k.startswith("RAY_SERVE_")}
     with open(temp / f"{name}.log", "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
     return proc, ports

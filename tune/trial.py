@@ -65,7 +65,7 @@ def run_finetune_trial(cfg, run_dir: Path) -> None:
     dump_config(cfg, run_dir / "config.yaml")
     job = finetune_job(cfg.tune.stage, cfg, run_dir / "model")
     job.eval_every = 1  # one report per step: the scheduler compares trials step by step
-    run_finetune(job, cfg, callbacks=[TuneReportCallback()])
+    run_finetune(job, cfg, callbacks=[TuneReportCallback()], max_failures=0)
 
 
 def _prepare_run_dir(checkpoint, run_dir: Path) -> tuple[int, bool]:

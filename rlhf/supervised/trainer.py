@@ -256,11 +256,14 @@ def _optimizer_step(job, engine, items, micro, pad_id, refs) -> dict:
 
 
 def run_finetune(job: FinetuneJob, cfg: Config, callbacks: list | None = None,
-                 log: Callable[[str], None] | None = None, resume: bool = False) -> list[dict]:
+                 log: Callable[[str], None] | None = None, resume: bool = False,
+                 max_failures: int | None = None) -> list[dict]:
     """Run `job` on Ray Train; returns the validation rows (also in out_dir/metrics.jsonl).
     `callbacks`: Ray Train callbacks, e.g. Tune's TuneReportCallback inside a sweep's trial.
     `log`: gets a progress line every few seconds while the steps advance.
-    `resume`: continue from the last checkpoint of the run in out_dir (else start afresh)."""
+    `resume`: continue from the last checkpoint of the run in out_dir (else start afresh).
+    `max_failures`: worker deaths Ray Train recovers from (default train.max_failures; a sweep's
+    trial passes 0: a trial that Tune stops kills its workers, and Tune owns its retries)."""
     import ray
 
     from rlhf.cluster.session import start_local
@@ -277,7 +280,8 @@ def run_finetune(job: FinetuneJob, cfg: Config, callbacks: list | None = None,
     if log is not None:
         watcher.start()
     try:
-        result = _fit(job, cfg, out, callbacks or [])
+        retries = cfg.train.max_failures if max_failures is None else max_failures
+        result = _fit(job, cfg, out, callbacks or [], retries)
     finally:
         stop.set()
         if started_ray:
@@ -331,7 +335,7 @@ def _report_progress(kind: str, out: Path, log: Callable[[str], None], stop: thr
             log(f"[{kind}] step {p['step']}/{p['steps']}{loss}, {p['seconds']:.0f} s")
 
 
-def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list):
+def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list, max_failures: int):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -356,6 +360,6 @@ def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list):
         # A dead worker restarts the group from the last checkpoint, max_failures times.
         run_config=RunConfig(name=train_run_dir(job).name, storage_path=str(train_run_dir(job).parent),
                              callbacks=callbacks, checkpoint_config=CheckpointConfig(num_to_keep=1),
-                             failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures)),
     )
     return trainer.fit()

@@ -846,8 +846,10 @@ def test_replicas_on_two_nodes_write_to_one_feedback_store(two_ray_nodes, tiny_m
                "serve.max_replicas_per_node=1", "serve.proxy_location=HeadOnly", f"serve.feedback_db={db}",
                f"serve.api_keys=[{KEY}]", "serve.max_tokens_limit=64", "serve.default_max_tokens=8"]
         log = tmp_path / "serve.log"
+        # Serve's own defaults (this module's fixture exports SERVE_ENV, which is for one machine).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
         with open(log, "w") as out, subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], stdout=out,
-                                                     stderr=subprocess.STDOUT) as proc:
+                                                     stderr=subprocess.STDOUT, env=env) as proc:
             try:
                 replicas: dict[str, dict] = {}
                 deadline = time.time() + 300
@@ -879,6 +881,8 @@ def test_replicas_on_two_nodes_write_to_one_feedback_store(two_ray_nodes, tiny_m
         answers = store.read("SELECT COUNT(*) AS n FROM answers")[0]["n"]
     finally:
         store.close()
+    print(f"\ntwo nodes: {len(users.outcomes)} requests, {len(users.acked)} ratings acknowledged, "
+          f"{sum(r['n'] for r in stored)} stored, {answers} answers")
     assert len(users.acked) > 10
     # Nothing lost, nothing doubled: each acknowledged rating once, and no row nobody acknowledged.
     assert {r["answer_id"]: r["n"] for r in stored} == {i: users.acked.count(i) for i in set(users.acked)}

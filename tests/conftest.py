@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch-extens
 LONG_FIRST = ("tests/serve/test_serve.py", "tests/actors/test_rl.py", "tests/rlhf/pipeline/test_pipeline.py",
               "tests/tune/", "tests/rlhf/human/test_review.py", "tests/rlhf/supervised/test_finetune.py",
               "tests/rlhf/evaluation/test_evaluate.py", "tests/rlhf/redteam/test_redteam.py",
-              "tests/rlhf/models/test_models.py", "tests/rlhf/cluster/test_jobs.py")
+              "tests/rlhf/models/test_models.py", "tests/rlhf/cluster/test_jobs.py", "tests/serve/test_serve_nodes.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -214,3 +215,44 @@ def _two_ray_nodes(cpus: int) -> Iterator[RayNodes]:
 def two_ray_nodes():
     """`with two_ray_nodes(cpus) as nodes:` a two-node Ray cluster on this machine (RayNodes)."""
     return _two_ray_nodes
+
+
+# ----------------------------------------------------------------------------- endpoint users
+
+
+class _RatingUsers:
+    """Clients that ask, then rate the answer; each feedback the server acknowledged (200) is kept."""
+
+    def __init__(self, base: str, clients: int, key: str):
+        import threading
+
+        self.base, self.key, self.stop = base, key, threading.Event()
+        self.outcomes: list[tuple[float, str, object]] = []  # (time, route, status or error name)
+        self.acked: list[str] = []  # answer ids whose feedback was acknowledged
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def _run(self, i: int) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.base, timeout=120, headers={"Authorization": f"Bearer {self.key}"}) as client:
+            while not self.stop.is_set():
+                answer = self._post(client, "/ask", {"question": f"What is {i} plus 3?", "max_tokens": 4})
+                if answer is not None and self._post(client, "/feedback", {"id": answer["id"], "rating": 1 + i % 5}):
+                    self.acked.append(answer["id"])
+
+    def _post(self, client, route: str, body: dict) -> dict | None:
+        import httpx
+
+        try:
+            resp = client.post(route, json=body)
+            status = resp.status_code
+        except httpx.HTTPError as exc:  # a dropped connection
+            status = type(exc).__name__
+        self.outcomes.append((time.time(), route, status))
+        return resp.json() if status == 200 else None
+
+
+@pytest.fixture(scope="session")
+def rating_users():
+    """`rating_users(base_url, clients=N, key=K)`: threads that ask and rate until `.stop` is set."""
+    return _RatingUsers

@@ -733,40 +733,8 @@ def _replica_pids(app_name: str) -> list[int]:
     return pids
 
 
-class RatingUsers:
-    """Clients that ask, then rate the answer; each feedback the server acknowledged (200) is kept."""
-
-    def __init__(self, base: str, clients: int):
-        import threading
-
-        self.base, self.stop = base, threading.Event()
-        self.outcomes: list[tuple[float, str, object]] = []  # (time, route, status or error name)
-        self.acked: list[str] = []  # answer ids whose feedback was acknowledged
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def _run(self, i: int) -> None:
-        import httpx
-
-        with httpx.Client(base_url=self.base, timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as client:
-            while not self.stop.is_set():
-                answer = self._post(client, "/ask", {"question": f"What is {i} plus 3?", "max_tokens": 4})
-                if answer is not None and self._post(client, "/feedback", {"id": answer["id"], "rating": 1 + i % 5}):
-                    self.acked.append(answer["id"])
-
-    def _post(self, client, route: str, body: dict) -> dict | None:
-        import httpx
-
-        try:
-            resp = client.post(route, json=body)
-            status = resp.status_code
-        except httpx.HTTPError as exc:  # a dropped connection
-            status = type(exc).__name__
-        self.outcomes.append((time.time(), route, status))
-        return resp.json() if status == 200 else None
-
-
 @pytest.mark.slow
-def test_kill_9_of_the_replica_under_load_loses_no_acknowledged_feedback(server):
+def test_kill_9_of_the_replica_under_load_loses_no_acknowledged_feedback(server, rating_users):
     """Last in the module: the replica dies (kill -9) while users ask and rate; Serve starts a new
     one; what users saw meanwhile is a clean error, never a lost acknowledged rating."""
     import signal
@@ -776,7 +744,7 @@ def test_kill_9_of_the_replica_under_load_loses_no_acknowledged_feedback(server)
     before = httpx.get(f"{server.base}/healthz", timeout=60).json()
     (pid,) = _replica_pids("qa-test")
     assert before["pid"] == pid
-    users = RatingUsers(server.base, clients=6)
+    users = rating_users(server.base, clients=6, key=KEY)
     for t in users.threads:
         t.start()
     try:
@@ -825,65 +793,3 @@ def test_kill_9_of_the_replica_under_load_loses_no_acknowledged_feedback(server)
     assert len(users.acked) > 20
     assert {r["answer_id"]: r["n"] for r in stored} == {i: users.acked.count(i) for i in ids}
 
-
-@pytest.mark.slow
-def test_replicas_on_two_nodes_write_to_one_feedback_store(two_ray_nodes, tiny_model_dir, tmp_path):
-    """`rlhf serve` on a two-node cluster: a replica on each node behind the head's proxy, and
-    the one FeedbackDB deployment (serve.feedback_store auto -> actor) owning the SQLite file.
-    Every rating either replica acknowledged is in that file exactly once."""
-    import signal
-    import subprocess
-    import sys
-
-    import httpx
-
-    db = tmp_path / "feedback.sqlite"
-    with two_ray_nodes(4) as nodes:
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "rlhf.cli.main", "serve", "--model", tiny_model_dir, "--host", "127.0.0.1",
-               "--port", str(port), "--no-classifiers", f"resources.address={nodes.gcs}", "serve.num_replicas=2",
-               "serve.max_replicas_per_node=1", "serve.proxy_location=HeadOnly", f"serve.feedback_db={db}",
-               f"serve.api_keys=[{KEY}]", "serve.max_tokens_limit=64", "serve.default_max_tokens=8"]
-        log = tmp_path / "serve.log"
-        # Serve's own defaults (this module's fixture exports SERVE_ENV, which is for one machine).
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
-        with open(log, "w") as out, subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], stdout=out,
-                                                     stderr=subprocess.STDOUT, env=env) as proc:
-            try:
-                replicas: dict[str, dict] = {}
-                deadline = time.time() + 300
-                while len(replicas) < 2 and time.time() < deadline and proc.poll() is None:
-                    try:
-                        health = httpx.get(f"{base}/healthz", timeout=10)
-                        if health.status_code == 200:
-                            replicas[health.json()["replica"]] = health.json()
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.5)
-                assert len(replicas) == 2, log.read_text()[-3000:]
-                users = RatingUsers(base, clients=4)
-                for t in users.threads:
-                    t.start()
-                time.sleep(15)
-                users.stop.set()
-                for t in users.threads:
-                    t.join(timeout=120)
-            finally:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=120)
-    assert len({r["node_id"] for r in replicas.values()}) == 2, replicas  # one replica on each node
-    assert {r["feedback_store"] for r in replicas.values()} == {"actor"}
-    assert all(s == 200 for _, _, s in users.outcomes), [o for o in users.outcomes if o[2] != 200]
-    store = FeedbackStore(db)
-    try:
-        stored = store.read("SELECT answer_id, COUNT(*) AS n FROM feedback GROUP BY answer_id")
-        answers = store.read("SELECT COUNT(*) AS n FROM answers")[0]["n"]
-    finally:
-        store.close()
-    print(f"\ntwo nodes: {len(users.outcomes)} requests, {len(users.acked)} ratings acknowledged, "
-          f"{sum(r['n'] for r in stored)} stored, {answers} answers")
-    assert len(users.acked) > 10
-    # Nothing lost, nothing doubled: each acknowledged rating once, and no row nobody acknowledged.
-    assert {r["answer_id"]: r["n"] for r in stored} == {i: users.acked.count(i) for i in set(users.acked)}
-    assert answers == len([o for o in users.outcomes if o[1] == "/ask"])

@@ -10,11 +10,9 @@ from rlhf.config.tree import Config
 
 APP_NAME = "rlhf-qa"
 # Serve settings for a local Ray started here (an explicit value in the environment wins; on an
-# existing one-machine cluster set them where `ray start` runs, never across nodes: there the
-# head's proxy did not reach the other node's replicas over gRPC, serve/README.md). User code on
-# the replica's own event loop, the proxy's router on its main loop and gRPC from proxy to
-# replica: with the tiny model on 2 busy cores, 9-18% more tokens/s than Serve's defaults in
-# interleaved runs of bench/serve.py.
+# existing cluster set them where `ray start` runs). User code on the replica's own event loop,
+# the proxy's router on its main loop and gRPC from proxy to replica: with the tiny model on 2
+# busy cores, 9-18% more tokens/s than Serve's defaults in interleaved runs of bench/serve.py.
 # Our handlers never block the loop (SQLite and classifiers run in threads).
 SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
              "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}

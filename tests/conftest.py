@@ -113,18 +113,18 @@ NODE_PORTS = ["dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runti
               "metrics-export-port", "node-manager-port", "object-manager-port"]
 
 
-def _ray_start(temp: Path, name: str, args: list[str], ports: list[str]):
+def _ray_start(temp: Path, name: str, args: list[str], ports: list[str], node_env: dict | None = None):
     import subprocess
     import sys
 
     ports = {port: free_port() for port in ports}
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", *args, "--disable-usage-stats"]
     cmd += [arg for port, number in ports.items() for arg in (f"--{port}", str(number))]
-    # Ray Serve's defaults on the nodes: with RAY_SERVE_USE_GRPC_BY_DEFAULT=1 (serve/run.py's
-    # SERVE_ENV for one machine, set by test_serve's fixture) the head's proxy never reached the
-    # other node's replica here.
+    # Ray Serve's defaults on the nodes (test_serve's fixture exports serve/run.py's one-machine
+    # SERVE_ENV), plus what the caller asks for.
     child_env = {k: v for k, v in os.environ.items()
                  if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") and not k.startswith("RAY_SERVE_")}
+    child_env.update(node_env or {})
     with open(temp / f"{name}.log", "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env, start_new_session=True)
     return proc, ports
@@ -143,9 +143,11 @@ def _stop_node(proc, temp: Path) -> None:
     except psutil.NoSuchProcess:
         family = []
     proc.send_signal(signal.SIGTERM)  # `ray start --block` then stops the processes it started
-    # `ray start` returns within seconds; the head's dashboard and runtime-env agents can stay a
-    # minute after their raylet is gone, so whatever is left after 10 s is killed.
-    _, alive = psutil.wait_procs(family, timeout=10)
+    # `ray start` is done within seconds; the head's dashboard and runtime-env agents can stay a
+    # minute after their raylet is gone, so whatever is left once it has exited is killed.
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=1)
     strays = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
     for p in alive + strays:  # strays: anything else naming our temp dir is ours too
         with contextlib.suppress(psutil.Error):
@@ -174,9 +176,10 @@ def _wait_ready(procs: list, address: str, temp: Path, cpus: int, timeout_s: flo
 
 
 @contextmanager
-def _two_ray_nodes(cpus: int) -> Iterator[RayNodes]:
+def _two_ray_nodes(cpus: int, node_env: dict | None = None) -> Iterator[RayNodes]:
     """A head advertising the custom resource `gen_node` and a worker advertising `train_node`,
-    each with its own ports, temp dir and half of `cpus`, on this machine's address."""
+    each with its own ports, temp dir and half of `cpus`, on this machine's address; `node_env`:
+    environment variables for both nodes' processes."""
     import secrets
     import shutil
     import tempfile
@@ -191,7 +194,7 @@ def _two_ray_nodes(cpus: int) -> Iterator[RayNodes]:
     common = ["--node-ip-address", ip, "--num-cpus", half, "--object-store-memory", str(512 * 1024**2)]
     head, ports = _ray_start(temp, "head", ["--head", *common, "--include-dashboard", "true", "--temp-dir", str(temp),
                                             "--resources", '{"gen_node": 4}'],
-                             ["port", "dashboard-port", "ray-client-server-port", *NODE_PORTS])
+                             ["port", "dashboard-port", "ray-client-server-port", *NODE_PORTS], node_env)
     procs = [head]
     nodes = RayNodes(f"http://127.0.0.1:{ports['dashboard-port']}", f"{ip}:{ports['port']}", ip, temp)
     try:
@@ -199,7 +202,7 @@ def _two_ray_nodes(cpus: int) -> Iterator[RayNodes]:
         # unpacked job packages.
         (temp / "w").mkdir()
         worker, _ = _ray_start(temp, "worker", ["--address", nodes.gcs, *common, "--temp-dir", str(temp / "w"),
-                                                "--resources", '{"train_node": 4}'], NODE_PORTS)
+                                                "--resources", '{"train_node": 4}'], NODE_PORTS, node_env)
         procs.append(worker)
         _wait_ready(procs, nodes.dashboard, temp, cpus)
         yield nodes
@@ -213,7 +216,7 @@ def _two_ray_nodes(cpus: int) -> Iterator[RayNodes]:
 
 @pytest.fixture(scope="session")
 def two_ray_nodes():
-    """`with two_ray_nodes(cpus) as nodes:` a two-node Ray cluster on this machine (RayNodes)."""
+    """`with two_ray_nodes(cpus[, node_env]) as nodes:` a two-node Ray cluster on this machine."""
     return _two_ray_nodes
 
 

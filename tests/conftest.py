@@ -78,12 +78,18 @@ def role_pids():
 # ----------------------------------------------------------------------------- two Ray nodes
 
 
-def free_port() -> int:
+def _free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """`free_port()`: a loopback port nothing listens on."""
+    return _free_port
 
 
 def node_ip() -> str:
@@ -117,7 +123,7 @@ def _ray_start(temp: Path, name: str, args: list[str], ports: list[str], node_en
     import subprocess
     import sys
 
-    ports = {port: free_port() for port in ports}
+    ports = {port: _free_port() for port in ports}
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", *args, "--disable-usage-stats"]
     cmd += [arg for port, number in ports.items() for arg in (f"--{port}", str(number))]
     # Ray Serve's defaults on the nodes (test_serve's fixture exports serve/run.py's one-machine

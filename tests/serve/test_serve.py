@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -307,17 +306,11 @@ def test_guard_training_rows_are_read_with_clear_errors(tmp_path):
 # ----------------------------------------------------------------------------- slow: Serve
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """Ray Serve with the QA app on a free loopback port; restartable on the same DB."""
 
-    def __init__(self, model_dir: str, db: Path):
-        self.model_dir, self.port = model_dir, _free_port()
+    def __init__(self, model_dir: str, db: Path, port: int):
+        self.model_dir, self.port = model_dir, port
         self.cfg = load_config(None, [f"serve.feedback_db={db}", f"serve.api_keys=[{KEY}]",
                                       f"serve.admin_keys=[{ADMIN}]", "serve.max_tokens_limit=64",
                                       "serve.default_max_tokens=16", "serve.health_check_period_s=2"])
@@ -340,7 +333,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def server(tiny_model_dir, tmp_path_factory, free_port):
     import ray
 
     from rlhf.lifecycle.registry import Registry
@@ -351,7 +344,7 @@ def server(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     reg = Registry(root / "registry")
     reg.register(tiny_model_dir, source="manual")
-    srv = Server(reg.get("v1")["path"], root / "feedback.sqlite")
+    srv = Server(reg.get("v1")["path"], root / "feedback.sqlite", free_port())
     srv.registry = reg.root
     with pytest.MonkeyPatch.context() as env:
         for key, value in SERVE_ENV.items():  # the Serve settings `rlhf serve` uses

@@ -16,16 +16,9 @@ from rlhf.human.feedback import FeedbackStore
 KEY = "test-key"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_replicas_on_two_nodes_write_to_one_feedback_store(two_ray_nodes, rating_users, tiny_model_dir, tmp_path):
+def test_replicas_on_two_nodes_write_to_one_feedback_store(two_ray_nodes, rating_users, free_port, tiny_model_dir,
+                                                           tmp_path):
     """`rlhf serve` on a two-node cluster: a replica on each node behind the head's proxy, and
     the one FeedbackDB deployment (serve.feedback_store auto -> actor) owning the SQLite file.
     Every rating either replica acknowledged is in that file exactly once."""

@@ -32,12 +32,6 @@ TINY = ROOT / "examples" / "tiny-grpo.yaml"
 HEAD_CPUS = 8
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def env() -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     return e
@@ -171,7 +165,7 @@ def test_auth_token_is_sent_without_setting_ray_auth_mode(monkeypatch, tmp_path)
 # ----------------------------------------------------------------------------- unreachable
 
 
-def test_unreachable_address_fails_fast():
+def test_unreachable_address_fails_fast(free_port):
     runner = CliRunner()
     address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     for args in (["submit", str(TINY), "--address", address], ["jobs", "status", "x", "--address", address]):

@@ -13,9 +13,11 @@ APP_NAME = "rlhf-qa"
 # existing cluster set them where `ray start` runs). User code on the replica's own event loop,
 # the proxy's router on its main loop and gRPC from proxy to replica: with the tiny model on 2
 # busy cores, 9-18% more tokens/s than Serve's defaults in interleaved runs of bench/serve.py.
-# Our handlers never block the loop (SQLite and classifiers run in threads).
+# Our handlers never block the loop (SQLite and classifiers run in threads). The proxy answers a
+# request whose replica died with a 503 and Retry-After instead of a bare 500 (serve/proxy_errors.py).
 SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-             "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
+             "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+             "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.proxy_errors:middlewares"}
 
 
 def start_ray(cfg: Config) -> bool:

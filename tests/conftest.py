@@ -238,6 +238,7 @@ class _RatingUsers:
         self.base, self.key, self.stop = base, key, threading.Event()
         self.outcomes: list[tuple[float, str, object]] = []  # (time, route, status or error name)
         self.acked: list[str] = []  # answer ids whose feedback was acknowledged
+        self.errors: list[tuple[int, str | None, dict]] = []  # (status, Retry-After, JSON body) of each non-200
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
 
     def _run(self, i: int) -> None:
@@ -257,6 +258,13 @@ class _RatingUsers:
             status = resp.status_code
         except httpx.HTTPError as exc:  # a dropped connection
             status = type(exc).__name__
+        else:
+            if status != 200:
+                try:
+                    body = resp.json()
+                except ValueError:
+                    body = {"not_json": resp.text[:200]}
+                self.errors.append((status, resp.headers.get("retry-after"), body))
         self.outcomes.append((time.time(), route, status))
         return resp.json() if status == 200 else None
 

@@ -770,11 +770,13 @@ def test_kill_9_of_the_replica_under_load_loses_no_acknowledged_feedback(server,
     # A new replica, started after the kill, answers; every request after it is served.
     assert after["replica"] != before["replica"] and after["started_at"] >= killed_at - 1
     assert served_after and all(s == 200 for s in served_after), served_after
-    # Only the requests in flight at the kill failed (Ray Serve's proxy answers them 500; the
-    # client may retry), at most one per client; requests sent while no replica was up wait in
-    # Serve's router for the new one.
+    # Only the requests in flight at the kill failed, at most one per client, each with a clean
+    # 503, Retry-After and a JSON error (serve/proxy_errors.py; Ray Serve's proxy alone answers a
+    # bare 500); requests sent while no replica was up wait in Serve's router for the new one.
     assert len(failed) <= len(users.threads) and all(0 <= t < 2 for t, _, _ in failed), failed
-    assert all(s in (500, 502, 503, 504) or isinstance(s, str) for _, _, s in failed), failed
+    assert all(s == 503 for _, _, s in failed), failed
+    assert all(after == "1" and body["error"]["code"] == "replica_unavailable"
+               for _, after, body in users.errors), users.errors
     # Every rating the server acknowledged is in the store (SQLite, committed before the 200).
     store = FeedbackStore(server.cfg.serve.feedback_db)
     try:

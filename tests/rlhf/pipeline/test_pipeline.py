@@ -53,7 +53,7 @@ def test_a_rerun_stage_reads_only_earlier_stages_artifacts(tmp_path, tiny_model_
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
+def test_tiny_pipeline_end_to_end_then_a_rerun_skips_every_unchanged_stage(tmp_path):
     run_dir = tmp_path / "pipe"
     cmd = [sys.executable, "-m", "rlhf.cli.main", "pipeline", "examples/tiny-pipeline.yaml", "--run-dir", str(run_dir),
            f"pipeline.registry={tmp_path / 'registry'}"]
@@ -98,12 +98,9 @@ def test_tiny_pipeline_end_to_end_then_rerun_skips_every_stage(tmp_path):
     assert version["redteam"]["passed"] is summary["redteam"]["passed"] and "diff_ci95" in version["evaluation"]
     assert set(version["data"]["stage_outputs"]) == {"sft", "pairs", "rm", "rl", "eval", "redteam"}
 
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert again.returncode == first.returncode, again.stderr[-4000:]
-    assert again.stderr.count("skipped") == 6, again.stderr[-3000:]
-
+    # A rerun with one red-team setting changed: the five stages whose inputs are the same skip.
     changed = subprocess.run(cmd + ["redteam.seed=8", "redteam.gate.max_over_refusal=-1"], cwd=ROOT,
                              capture_output=True, text=True, timeout=900, env=env)
-    assert changed.stderr.count("skipped") == 5  # only the stage whose inputs changed reran
+    assert changed.stderr.count("skipped") == 5, changed.stderr[-3000:]  # only the changed stage reran
     assert changed.returncode == 3 and "not releasable" in changed.stderr, changed.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["releasable"] is False

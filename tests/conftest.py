@@ -56,22 +56,40 @@ def tiny_model_dir() -> str:
         return str(build_tiny_model(cache / "tiny-llama"))
 
 
-def _role_pids(role_class: str) -> list[int]:
-    """Actor processes of this class (Ray titles them `ray::<Class>[.method]`), without the
-    children they fork (which inherit the title)."""
-    found: dict[int, int] = {}  # pid -> parent pid
+def _role_pids(role_class: str, under: int | None = None) -> list[int]:
+    """Actor processes of this class (Ray titles them `ray::<Class>[.method]`) that descend from
+    `under` (default: this process; a Ray started here is its child), without the children they
+    fork (which inherit the title). Another test's Ray on the machine is never touched."""
+    root = os.getpid() if under is None else under
+    found: dict[int, int] = {}  # pid -> parent pid, every process with the title
+    parents: dict[int, int] = {}  # pid -> parent pid, every process
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and f"ray::{role_class}".encode() in (proc / "cmdline").read_bytes():
-                found[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if not proc.name.isdigit():
+                continue
+            pid, parent = int(proc.name), int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parents[pid] = parent
+            if f"ray::{role_class}".encode() in (proc / "cmdline").read_bytes():
+                found[pid] = parent
         except (OSError, IndexError, ValueError):
             continue
-    return [pid for pid, parent in found.items() if parent not in found]
+
+    def descends(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            seen.add(pid)
+            pid = parents.get(pid, 0)
+            if pid == root:
+                return True
+        return False
+
+    return [pid for pid, parent in found.items() if parent not in found and descends(pid)]
 
 
 @pytest.fixture(scope="session")
 def role_pids():
-    """`role_pids("RolloutActor")`: the pids of a Ray actor class's processes, to kill -9 them."""
+    """`role_pids("RolloutActor"[, under=pid])`: the pids of a Ray actor class's processes in
+    this process's tree (or `under`'s), to kill -9 them."""
     return _role_pids
 
 

@@ -145,7 +145,10 @@ def start_ray(cfg: Config, needs: dict[str, float]) -> str:
     # Ray Train (finetune trials) frees its workers' placement group through a cleaner that asks
     # the dashboard's state API whether the run's controller is gone; without the dashboard the
     # group of an ended trial stays reserved and the next trial's workers wait for it forever.
-    ray.init(num_cpus=num_cpus, include_dashboard=cfg.tune.stage != "rl", runtime_env=env, log_to_driver=False)
+    # "local": never attach to another Ray on this machine (a `ray start` cluster would refuse
+    # num_cpus); joining one is explicit (resources.address, RAY_ADDRESS).
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=cfg.tune.stage != "rl", runtime_env=env,
+             log_to_driver=False)
     return "local"
 
 

@@ -46,7 +46,7 @@ def kill_during(proc: subprocess.Popen, run_dir: Path, role_pids, kills=KILLS, t
     killed, deadline = [], time.time() + timeout
     for role, after in kills:
         while proc.poll() is None and time.time() < deadline:
-            pids = role_pids(role)
+            pids = role_pids(role, under=proc.pid)
             if logged_steps(run_dir) >= after and pids:
                 os.kill(max(pids), signal.SIGKILL)
                 killed.append(role)

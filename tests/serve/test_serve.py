@@ -495,7 +495,11 @@ def test_a_client_that_leaves_mid_stream_costs_nothing_and_keys_are_never_logged
     assert _ask(http)["answer"] is not None
     assert http.get("/healthz").json()["status"] == "ok"
     # Keys reach no log line: neither the replica's nor the proxy's nor Serve's access log.
-    logs = [p for p in glob.glob("/tmp/ray/session_latest/logs/serve/*") if Path(p).is_file()]
+    import ray._private.worker
+
+    # This test's own Ray session (session_latest may be another test's Ray on the machine).
+    logs_dir = ray._private.worker._global_node.get_logs_dir_path()
+    logs = [p for p in glob.glob(f"{logs_dir}/serve/*") if Path(p).is_file()]
     # The replica's access log is written (vLLM's import once closed its handler, which then kept
     # every request's record in memory: serve/engine.py keep_serve_logging).
     replica_logs = " ".join(Path(p).read_text(errors="replace") for p in logs if "replica_qa-test" in p)

@@ -13,6 +13,9 @@ import pytest
 
 from rlhf.human.feedback import FeedbackStore
 
+# A cluster of two nodes started with `ray start`: no other Ray on the machine meanwhile.
+pytestmark = pytest.mark.alone
+
 KEY = "test-key"
 
 

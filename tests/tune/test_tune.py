@@ -19,6 +19,10 @@ from rlhf.config.typed_yaml import ConfigError, to_dict
 from tune import checks, report
 from tune.space import SpaceError, load_space, parse_space, trial_config, trial_count, variants
 
+# With another Ray on the machine, a sweep's second SFT trial waited forever for its workers (Ray
+# Train frees an ended trial's placement group through the dashboard's state API).
+pytestmark = pytest.mark.alone
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tiny-tune.yaml"
 

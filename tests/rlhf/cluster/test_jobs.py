@@ -27,6 +27,9 @@ from rlhf.cli.main import app
 from rlhf.cluster import jobs
 from rlhf.config.tree import load_config
 
+# A cluster of two nodes started with `ray start`: no other Ray on the machine meanwhile.
+pytestmark = pytest.mark.alone
+
 ROOT = Path(__file__).resolve().parents[3]
 TINY = ROOT / "examples" / "tiny-grpo.yaml"
 HEAD_CPUS = 8

@@ -19,10 +19,6 @@ from rlhf.config.typed_yaml import ConfigError, to_dict
 from tune import checks, report
 from tune.space import SpaceError, load_space, parse_space, trial_config, trial_count, variants
 
-# With another Ray on the machine, a sweep's second SFT trial waited forever for its workers (Ray
-# Train frees an ended trial's placement group through the dashboard's state API).
-pytestmark = pytest.mark.alone
-
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tiny-tune.yaml"
 
@@ -408,6 +404,9 @@ def test_trials_report_exactly_the_metrics_the_checks_know(sweep):
 
 
 @pytest.mark.slow
+# With another Ray on the machine, the second SFT trial waited forever for its workers (Ray Train
+# frees an ended trial's placement group through the dashboard's state API): it runs alone.
+@pytest.mark.alone
 def test_sft_sweep_stops_laggards_and_its_best_config_builds_an_sft_job(tmp_path):
     # Two real SFT trials (Ray Train + DeepSpeed), one at a time, a good learning rate and a
     # useless one: after the first update the slow learner trails the first trial at ASHA's rung.

@@ -27,14 +27,9 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# Two test modules at a time (pytest-xdist, one module per worker so its shared engines and Ray
-# stay in one process): a test spends much of its time in one busy core (process starts,
-# imports, engine and Ray start-up). Tests marked `alone` (clusters started with `ray start`,
-# Tune sweeps) are disturbed by another Ray on the machine: they run first, one at a time.
+# Three groups of tests, so both cores stay busy (scripts/test.sh says which and why).
 test: lint
-	$(BIN)/python -m pytest -q --durations=10 -m alone tests; alone=$$?; \
-	$(BIN)/python -m pytest -q --durations=25 -n 2 --dist loadfile -m "not alone" tests; rest=$$?; \
-	test $$alone -eq 0 && test $$rest -eq 0
+	bash scripts/test.sh $(BIN)/python
 
 clean:
 	rm -rf $(VENV) .cache runs

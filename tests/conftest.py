@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,41 @@ def pytest_collection_modifyitems(config, items):
         return next((n for n, prefix in enumerate(LONG_FIRST) if path.startswith(prefix)), len(LONG_FIRST))
 
     items.sort(key=rank)  # stable: the order inside each module stays
+
+
+def _ray_daemons_here() -> list[int]:
+    """gcs_server processes descended from this process (a Ray started by the test or its CLI)."""
+    me, parents, gcs = os.getpid(), {}, []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():
+                pid = int(proc.name)
+                parents[pid] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if b"gcs_server" in (proc / "cmdline").read_bytes().split(b"\0")[0]:
+                    gcs.append(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+
+    def mine(pid: int) -> bool:
+        for _ in range(64):
+            pid = parents.get(pid, 0)
+            if pid == me:
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    return [pid for pid in gcs if mine(pid)]
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_means_no_ray(request):
+    """A test marked `no_ray` runs beside the `alone` ones in make test: it must start no Ray."""
+    yield
+    if request.node.get_closest_marker("no_ray") is not None:
+        ray = sys.modules.get("ray")
+        started = (ray is not None and ray.is_initialized()) or _ray_daemons_here()
+        assert not started, "a test marked no_ray started Ray; drop the marker (it runs beside the alone tests)"
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,9 @@ from rlhf.evaluation.heldout import eval_question, load_eval_rows
 from rlhf.evaluation.metrics import bootstrap_ci, compare, is_refusal, repetition, score_answers, wins
 from rlhf.evaluation.report import summary_rows, write_report
 
+# vLLM in this process or a subprocess, and no Ray: runs beside the `alone` tests in make test.
+pytestmark = pytest.mark.no_ray
+
 ROOT = Path(__file__).resolve().parents[3]
 
 # question, reference, choices, the answer we pretend the model gave

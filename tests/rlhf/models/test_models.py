@@ -17,6 +17,9 @@ from rlhf.models.lora import apply_lora, merge_lora, merge_lora_state
 from rlhf.models.paths import ModelError
 from rlhf.models.tiny import build_tiny_model
 
+# vLLM in this process or a subprocess, and no Ray: runs beside the `alone` tests in make test.
+pytestmark = pytest.mark.no_ray
+
 QUESTION = "What is the capital of France?"
 
 

@@ -11,6 +11,9 @@ from rlhf.config.tree import load_config
 from rlhf.data.prompts import encode_questions
 from rlhf.models.offline import OfflineEngine, vllm_engine_kwargs
 
+# vLLM in this process or a subprocess, and no Ray: runs beside the `alone` tests in make test.
+pytestmark = pytest.mark.no_ray
+
 QUESTIONS = ["What is 2 + 2?", "Name a primary colour.", "Who wrote Hamlet?"]
 NEW_TOKENS = 12
 

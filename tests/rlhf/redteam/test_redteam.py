@@ -14,6 +14,9 @@ import pytest
 
 from rlhf.config.tree import load_config
 
+# vLLM in this process or a subprocess, and no Ray: runs beside the `alone` tests in make test.
+pytestmark = pytest.mark.no_ray
+
 ROOT = Path(__file__).resolve().parents[3]
 
 

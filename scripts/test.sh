@@ -9,6 +9,9 @@
 # `pytest tests` runs everything in one process, one test at a time.
 set -uo pipefail
 PY=${1:-.venv/bin/python}
+# Two test processes share the cores, so each process's torch/OpenMP pool gets one thread (Ray
+# passes it on to actors); with a pool per core in each, the spinning pools fight over both cores.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 beside_log=$(mktemp)
 "$PY" -m pytest -q --durations=10 -m "no_ray and not alone" tests >"$beside_log" 2>&1 &
 beside=$!

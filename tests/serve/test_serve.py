@@ -780,8 +780,8 @@ def test_kill_9_of_the_replica_under_load_loses_no_acknowledged_feedback(server,
     # bare 500); requests sent while no replica was up wait in Serve's router for the new one.
     assert len(failed) <= len(users.threads) and all(0 <= t < 2 for t, _, _ in failed), failed
     assert all(s == 503 for _, _, s in failed), failed
-    assert all(after == "1" and body["error"]["code"] == "replica_unavailable"
-               for _, after, body in users.errors), users.errors
+    assert all(retry == "1" and body["error"]["code"] == "replica_unavailable"
+               for _, retry, body in users.errors), users.errors
     # Every rating the server acknowledged is in the store (SQLite, committed before the 200).
     store = FeedbackStore(server.cfg.serve.feedback_db)
     try:

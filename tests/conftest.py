@@ -42,29 +42,35 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)  # stable: the order inside each module stays
 
 
-def _ray_daemons_here() -> list[int]:
-    """gcs_server processes descended from this process (a Ray started by the test or its CLI)."""
-    me, parents, gcs = os.getpid(), {}, []
+def _process_table() -> tuple[dict[int, int], dict[int, bytes]]:
+    """Every process on the machine: pid -> parent pid, and pid -> command line."""
+    parents, cmdlines = {}, {}
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit():
                 pid = int(proc.name)
                 parents[pid] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if b"gcs_server" in (proc / "cmdline").read_bytes().split(b"\0")[0]:
-                    gcs.append(pid)
+                cmdlines[pid] = (proc / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
+    return parents, cmdlines
 
-    def mine(pid: int) -> bool:
-        for _ in range(64):
-            pid = parents.get(pid, 0)
-            if pid == me:
-                return True
-            if pid <= 1:
-                return False
-        return False
 
-    return [pid for pid in gcs if mine(pid)]
+def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        pid = parents.get(pid, 0)
+        if pid == root:
+            return True
+    return False
+
+
+def _ray_daemons_here() -> list[int]:
+    """gcs_server processes descended from this process (a Ray started by the test or its CLI)."""
+    parents, cmdlines = _process_table()
+    return [pid for pid, cmd in cmdlines.items()
+            if b"gcs_server" in cmd.split(b"\0")[0] and _descends(pid, os.getpid(), parents)]
 
 
 @pytest.fixture(autouse=True)
@@ -97,29 +103,9 @@ def _role_pids(role_class: str, under: int | None = None) -> list[int]:
     `under` (default: this process; a Ray started here is its child), without the children they
     fork (which inherit the title). Another test's Ray on the machine is never touched."""
     root = os.getpid() if under is None else under
-    found: dict[int, int] = {}  # pid -> parent pid, every process with the title
-    parents: dict[int, int] = {}  # pid -> parent pid, every process
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit():
-                continue
-            pid, parent = int(proc.name), int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            parents[pid] = parent
-            if f"ray::{role_class}".encode() in (proc / "cmdline").read_bytes():
-                found[pid] = parent
-        except (OSError, IndexError, ValueError):
-            continue
-
-    def descends(pid: int) -> bool:
-        seen = set()
-        while pid > 1 and pid not in seen:
-            seen.add(pid)
-            pid = parents.get(pid, 0)
-            if pid == root:
-                return True
-        return False
-
-    return [pid for pid, parent in found.items() if parent not in found and descends(pid)]
+    parents, cmdlines = _process_table()
+    found = {pid for pid, cmd in cmdlines.items() if f"ray::{role_class}".encode() in cmd}
+    return [pid for pid in found if parents.get(pid) not in found and _descends(pid, root, parents)]
 
 
 @pytest.fixture(scope="session")

@@ -33,31 +33,49 @@ from rlhf.rl.trainer import Roles, Trainer
 from rlhf.tracking import MetricsLog
 
 
+class EngineClient(RetryingHandle):
+    """One rollout engine. Ray restarts a dead one in place (on host weight transports), and the
+    weights last published are loaded into it again before the call is sent again."""
+
+    restores = "weights loaded again"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.packet = None  # the last WeightPacket sent to this engine
+
+    def restore(self) -> None:
+        if self.packet is not None:
+            get(self.role, self.actor.load_weights.remote(self.packet))
+
+    def load_weights(self, packet) -> Future:
+        self.packet = packet
+        return self.call("load_weights", packet)
+
+
 class RolloutGroup:
     """Splits prompts across engines and joins their samples back in prompt order."""
 
-    def __init__(self, engines: list):
+    def __init__(self, engines: list[EngineClient]):
         self.engines = engines
 
     def generate(self, prompt_ids, prompt_index, seed: int) -> Rollout:
         k = len(self.engines)
-        refs = [e.generate.remote(prompt_ids[i::k], prompt_index[i::k], seed + i) for i, e in enumerate(self.engines)]
-        return Rollout.concat(get("rollout", refs)).sorted_by_prompt()
+        parts = [e.call("generate", prompt_ids[i::k], prompt_index[i::k], seed + i) for i, e in enumerate(self.engines)]
+        return Rollout.concat([part.result() for part in parts]).sorted_by_prompt()
 
     def load_weights(self, packet) -> float:
-        return max(get("rollout", [e.load_weights.remote(packet) for e in self.engines]))
+        return max([f.result() for f in [e.load_weights(packet) for e in self.engines]])
 
     def logprobs(self, prompt_ids, response_ids):
-        return get("rollout", self.engines[0].logprobs.remote(prompt_ids, response_ids))
+        return self.engines[0].call("logprobs", prompt_ids, response_ids).result()
 
     def base_logprobs(self, prompt_ids, response_ids) -> list[list[float]]:
         """Logprobs under the engines' base weights (adapter off), rows split across engines."""
         k = len(self.engines)
-        refs = [e.base_logprobs.remote(prompt_ids[i::k], response_ids[i::k]) for i, e in enumerate(self.engines)]
-        parts = get("reference", refs)
+        parts = [e.call("base_logprobs", prompt_ids[i::k], response_ids[i::k]) for i, e in enumerate(self.engines)]
         out: list = [None] * len(prompt_ids)
         for i, part in enumerate(parts):
-            out[i::k] = part
+            out[i::k] = part.result()
         return out
 
 
@@ -124,6 +142,8 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
     layout = role_bundles(cfg)
     check_fits(layout, ray.cluster_resources())
     pg, offset = _enclosing_group(layout)
+    # The project's layout gives engines GPUs of their own, never the learner's (colocated=False).
+    transport = choose_transport(cfg.rollout.weight_sync, cfg.resources.use_gpu, multi_node(), False)
     if pg is None:
         pg, offset = placement.reserve(layout), 0
         _GROUPS[run_id] = pg  # ours to remove; an enclosing group belongs to its creator
@@ -132,7 +152,7 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
         res = actor_resources(cfg, role, layout)
         opts = {"num_cpus": res.get("CPU", 0), "num_gpus": res.get("GPU", 0),
                 "scheduling_strategy": placement.strategy(pg, offset + layout.slots[role][index]),
-                **restart_options(role, cfg.train.max_failures)}
+                **restart_options(role, cfg.train.max_failures, transport in GPU_TRANSPORTS)}
         return ray.remote(cls).options(**opts).remote(*args)
 
     engines = [spawn(RolloutActor, "rollout", i, cfg, model_path, run_id, i) for i in range(cfg.rollout.num_engines)]
@@ -143,9 +163,7 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
     addr, port = get("learner", ranks[0].address.remote())
     get("learner", [r.setup.remote(addr, port) for r in ranks])
     get("rollout", [e.info.remote() for e in engines])
-    pool = ThreadPoolExecutor(max_workers=4)
-    # The project's layout gives engines GPUs of their own, never the learner's (colocated=False).
-    transport = choose_transport(cfg.rollout.weight_sync, cfg.resources.use_gpu, multi_node(), False)
+    pool = ThreadPoolExecutor(max_workers=4 + len(engines))
     if record is not None:
         actors = {"rollout": engines, "learner": ranks, "reward": [reward], "reference": [reference]}
         where = {role: get(role, [a.where.remote() for a in group if a is not None]) for role, group in actors.items()}
@@ -154,8 +172,8 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
     if transport in GPU_TRANSPORTS:
         addr, port = get("learner", ranks[0].address.remote())  # a second free port, for vLLM's group
         get("learner", [r.connect_engines.remote(engines, addr, port) for r in ranks])
-    rollout = RolloutGroup(engines)
     retries = cfg.train.max_failures
+    rollout = RolloutGroup([EngineClient("rollout", e, pool, retries, failures) for e in engines])
     references = {"actor": lambda: ReferenceClient("reference", reference, pool, retries, failures),
                   "engine": lambda: EngineReference(rollout, pool), None: lambda: None}
     return Roles(
@@ -229,8 +247,8 @@ def run_training(cfg: Config, run_dir: Path | None = None, resume: bool = False,
                  console: Console | None = None, on_step: Callable[[int, dict], None] | None = None) -> Path:
     """Train per `cfg` in `run_dir`; `on_step(step, metrics)` is called after every step.
 
-    When a rollout engine or learner rank dies, every role is rebuilt and the run resumes from
-    its last checkpoint, up to train.max_failures times (actors/recovery.py)."""
+    When a learner rank (or an engine Ray does not restart) dies, every role is rebuilt and the
+    run resumes from its last checkpoint, up to train.max_failures times (actors/recovery.py)."""
     console = console or Console(stderr=True)
     model_path, ref_path = preflight(cfg)
     path = prepare_run_dir(cfg, run_dir, resume)

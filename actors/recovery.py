@@ -2,9 +2,15 @@
 
 - reward and reference actors hold nothing but a frozen model: Ray restarts them in their
   bundle (`max_restarts`) and the trainer sends the call again (`RetryingHandle`);
-- rollout engines hold the current policy weights and learner ranks the optimizer state and a
-  process group: the run rebuilds every role and resumes from the last checkpoint
-  (actors/launch.py `run_training`), at most `train.max_failures` times in all.
+- a rollout engine holds the policy weights, which the driver still has (the last published
+  packet): Ray restarts it in place, the packet is loaded into it again, then the call is sent
+  again (actors/launch.py `EngineClient`); the step samples the same tokens, since every
+  generate call reseeds the engine. Not so on a GPU transport (nccl, ipc), where the new engine
+  would have to join the learner's process group: there it counts as below;
+- learner ranks hold the optimizer state and a process group: the run rebuilds every role and
+  resumes from the last checkpoint (actors/launch.py `run_training`).
+
+At most `train.max_failures` deaths in all are survived.
 
 Every failure and every recovery is a line of `failures.jsonl` in the run directory: the role,
 the node, the error, the step, and the seconds the recovery took. An exception raised inside a
@@ -21,8 +27,9 @@ from pathlib import Path
 
 from actors.placement import Placed
 
-RESTARTED_BY_RAY = ("reward", "reference")
-"""Roles whose actors Ray restarts in place: their state is only what __init__ loads."""
+RESTARTED_BY_RAY = ("reward", "reference", "rollout")
+"""Roles whose actors Ray restarts in place: their state is what __init__ loads, and for a
+rollout engine the last published weights, which its client loads again (`restore`)."""
 
 
 RESTART_WAIT_SECONDS = 300.0
@@ -65,9 +72,11 @@ def get(role: str, refs):
         raise ActorFailed(role, f"{role} actor failed: {exc}", died=False, node=node_of(exc)) from None
 
 
-def restart_options(role: str, max_failures: int) -> dict:
-    """Ray actor options for `role`: restartable roles come back up to max_failures times."""
-    return {"max_restarts": max_failures} if role in RESTARTED_BY_RAY and max_failures > 0 else {}
+def restart_options(role: str, max_failures: int, gpu_transport: bool = False) -> dict:
+    """Ray actor options for `role`: restartable roles come back up to max_failures times; a
+    rollout engine on a GPU weight transport does not (the run rebuilds its roles instead)."""
+    in_place = role in RESTARTED_BY_RAY and not (role == "rollout" and gpu_transport)
+    return {"max_restarts": max_failures} if in_place and max_failures > 0 else {}
 
 
 class FailureLog:
@@ -109,7 +118,13 @@ class Restartable(Placed):
 class RetryingHandle:
     """Turns `actor.method.remote(...)` into a concurrent.futures.Future for the trainer. When
     the actor died and Ray restarts it (`restart_options`), the call is sent again, up to
-    `retries` times; each death is logged, also one that fell between two calls."""
+    `retries` times; each death is logged, also one that fell between two calls. A subclass whose
+    actor holds state the run gave it names it in `restores` and brings a restarted actor back in
+    `restore` before the call is sent again (also after a death between calls, whose answer came
+    from the fresh actor and is dropped)."""
+
+    restores = ""
+    """What `restore` gives a restarted actor back (logged with the failure); "": nothing."""
 
     def __init__(self, role: str, actor, pool: ThreadPoolExecutor, retries: int = 0,
                  failures: FailureLog | None = None):
@@ -120,10 +135,16 @@ class RetryingHandle:
     def call(self, method: str, *args) -> Future:
         return self.pool.submit(self._call, method, args)
 
+    def restore(self) -> None:
+        """Give a restarted actor the state it held before it died; nothing by default."""
+
     def _call(self, method: str, args: tuple):
-        deaths, since = 0, None
+        deaths, since, restore = 0, None, False
         while True:
             try:
+                if restore:
+                    self.restore()
+                    restore = False
                 result, process = get(self.role, [getattr(self.actor, method).remote(*args),
                                                   self.actor.incarnation.remote()])
             except ActorFailed as exc:
@@ -137,10 +158,14 @@ class RetryingHandle:
                 deaths += 1
                 if deaths > self.retries:
                     raise
-                since = self.failures.failed(exc, "ray restart, call sent again") if self.failures else time.time()
+                since = self.failures.failed(exc, self._action("call sent again")) if self.failures else time.time()
+                restore = bool(self.restores)
                 continue
             if since is None and self.process not in (None, process):
                 since = self._restarted_between_calls(process)
+                if self.restores:
+                    self.process, restore = process, True
+                    continue
             self.process, self.answered = process, time.time()
             if since is not None and self.failures is not None:
                 self.failures.recovered(self.role, since, self.failures.step)
@@ -154,5 +179,9 @@ class RetryingHandle:
         exc = ActorFailed(self.role, f"{self.role} actor died between calls (process {old_pid} on {node}); "
                           f"Ray restarted it as process {new_pid}", died=True, node=node)
         if self.failures is not None:
-            self.failures.failed(exc, "ray restart, between calls")
+            then = "between calls, call sent again" if self.restores else "between calls"
+            self.failures.failed(exc, self._action(then))
         return self.answered
+
+    def _action(self, then: str) -> str:
+        return ", ".join(filter(None, ("ray restart", self.restores, then)))

@@ -17,14 +17,14 @@ import shutil
 import time
 
 from actors import gpu_weights
-from actors.placement import Placed
+from actors.recovery import Restartable
 from actors.weights import WeightPacket, local_path
 from rlhf.config.tree import Config
 from rlhf.models.offline import OfflineEngine, lora_engine_kwargs
 from rlhf.rl.batch import Rollout
 
 
-class RolloutActor(Placed):
+class RolloutActor(Restartable):
     """One vLLM engine. Public methods: generate, load_weights, logprobs, base_logprobs, info, and
     the GPU transports' receiving side (init_weight_transfer ... finish_weight_update)."""
 

@@ -229,9 +229,10 @@ class TrainConfig:
     export: bool = True
     """Export the final policy as an HF folder in <run>/model."""
     max_failures: int = 3
-    """Actor deaths a run survives: a reward or reference actor is restarted by Ray and its call
-    sent again; a dead rollout engine or learner rank rebuilds every role and resumes from the
-    last checkpoint (every failure is a line of <run>/failures.jsonl). 0: the first ends the run."""
+    """Actor deaths a run survives: a reward, reference or rollout actor is restarted by Ray and
+    its call sent again (an engine gets the last weights first); a dead learner rank (or engine on
+    a GPU transport) rebuilds every role and resumes from the last checkpoint (every failure is a
+    line of <run>/failures.jsonl). 0: the first ends the run."""
 
 
 @dataclass

@@ -155,19 +155,27 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
                 **restart_options(role, cfg.train.max_failures, transport in GPU_TRANSPORTS)}
         return ray.remote(cls).options(**opts).remote(*args)
 
+    rendezvous: dict = {}
+
+    def start_learner() -> list:
+        """The learner ranks, in their bundles and joined in one process group."""
+        ranks = [spawn(LearnerRank, "learner", i, cfg, model_path, i, cfg.learner.num_ranks, run_id)
+                 for i in range(cfg.learner.num_ranks)]
+        addr, port = rendezvous["address"] = get("learner", ranks[0].address.remote())
+        get("learner", [r.setup.remote(addr, port) for r in ranks])
+        return ranks
+
     engines = [spawn(RolloutActor, "rollout", i, cfg, model_path, run_id, i) for i in range(cfg.rollout.num_engines)]
-    ranks = [spawn(LearnerRank, "learner", i, cfg, model_path, i, cfg.learner.num_ranks, run_id)
-             for i in range(cfg.learner.num_ranks)]
     reward = spawn(RewardActor, "reward", 0, cfg)
     reference = spawn(ReferenceActor, "reference", 0, cfg, ref_path) if reference_role(cfg) == "actor" else None
-    addr, port = get("learner", ranks[0].address.remote())
-    get("learner", [r.setup.remote(addr, port) for r in ranks])
+    ranks = start_learner()  # the other roles start meanwhile
     get("rollout", [e.info.remote() for e in engines])
     pool = ThreadPoolExecutor(max_workers=4 + len(engines))
     if record is not None:
         actors = {"rollout": engines, "learner": ranks, "reward": [reward], "reference": [reference]}
         where = {role: get(role, [a.where.remote() for a in group if a is not None]) for role, group in actors.items()}
-        record.write_text(json.dumps({"roles": where, "weight_sync": transport, "learner_address": addr,
+        record.write_text(json.dumps({"roles": where, "weight_sync": transport,
+                                      "learner_address": rendezvous["address"][0],
                                       "nodes": live_nodes()}, indent=1))
     if transport in GPU_TRANSPORTS:
         addr, port = get("learner", ranks[0].address.remote())  # a second free port, for vLLM's group
@@ -180,7 +188,9 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
         rollout=rollout,
         reward=RewardClient("reward", reward, pool, retries, failures),
         reference=references[reference_role(cfg)](),
-        learner=LearnerGroup(ranks, transport, get=lambda refs: get("learner", refs)),
+        # On a GPU transport new ranks would need the engines to join a new process group too.
+        learner=LearnerGroup(ranks, transport, get=lambda refs: get("learner", refs),
+                             start=None if transport in GPU_TRANSPORTS else start_learner),
         num_ranks=cfg.learner.num_ranks,
     )
 
@@ -247,8 +257,10 @@ def run_training(cfg: Config, run_dir: Path | None = None, resume: bool = False,
                  console: Console | None = None, on_step: Callable[[int, dict], None] | None = None) -> Path:
     """Train per `cfg` in `run_dir`; `on_step(step, metrics)` is called after every step.
 
-    When a learner rank (or an engine Ray does not restart) dies, every role is rebuilt and the
-    run resumes from its last checkpoint, up to train.max_failures times (actors/recovery.py)."""
+    When a learner rank dies, the learner group starts again and resumes from the last
+    checkpoint; when that cannot be (no checkpoint yet, a GPU weight transport) or another role
+    is lost for good, every role is rebuilt and the run resumes from the last checkpoint; up to
+    train.max_failures deaths in all (actors/recovery.py)."""
     console = console or Console(stderr=True)
     model_path, ref_path = preflight(cfg)
     path = prepare_run_dir(cfg, run_dir, resume)
@@ -298,15 +310,41 @@ def _attempt(cfg: Config, path: Path, models: tuple[str, str], resume: bool, con
             if since is not None:
                 failures.recovered("all", since, start_step)
             bar.update(task, completed=start_step)
-            log = MetricsLog(path, resume_step=start_step)
-            rows = trainer.run(log)
-            log.close()
+            rows = _train(trainer, path, start_step, failures, console)
         if cfg.train.export:
             with console.status("exporting the policy"):
                 roles.learner.export(str(path / "model"))
     finally:
         shutdown(run_id, stop_ray=False)  # Ray itself stays up for a rebuild
     return rows
+
+
+def _train(trainer: Trainer, path: Path, start_step: int, failures: FailureLog, console: Console) -> list[dict]:
+    """trainer.run from `start_step`. When a learner rank dies and a checkpoint exists, only the
+    learner group starts again and resumes from it; the engines get its weights, the other roles
+    keep running. Any other death goes up to `run_training`, which rebuilds every role."""
+    while True:
+        log = MetricsLog(path, resume_step=start_step)
+        try:
+            return trainer.run(log)
+        except ActorFailed as exc:
+            if not _restarts_learner(exc, trainer, failures):
+                raise
+            since = failures.failed(exc, "learner group restarted, resume from the last checkpoint")
+            console.print(f"[yellow]learner rank died on {exc.node or 'its node'} after step {failures.step}; "
+                          f"restarting the learner group from the last checkpoint (failure {failures.count} of "
+                          f"at most {trainer.cfg.train.max_failures})")
+        finally:
+            log.close()
+        trainer.roles.learner.restart()
+        failures.step = start_step = trainer.resume()
+        failures.recovered("learner", since, start_step)
+
+
+def _restarts_learner(exc: ActorFailed, trainer: Trainer, failures: FailureLog) -> bool:
+    return (exc.died and exc.role == "learner" and trainer.roles.learner.start is not None
+            and failures.count < trainer.cfg.train.max_failures
+            and (trainer.checkpoint_dir / "trainer_state.json").exists())
 
 
 def summary_table(rows: list[dict], seconds: float, path: Path) -> Table:

@@ -335,14 +335,25 @@ class LearnerGroup:
     """Fans calls out to all ranks with equal shards; futures let the trainer overlap passes.
 
     `get` resolves Ray object refs (ray.get by default; the launcher passes one that names the
-    role when an actor fails)."""
+    role when an actor fails). `start` (the launcher's) makes and sets up a fresh set of ranks in
+    the group's bundles, which `restart` uses."""
 
-    def __init__(self, ranks: list, transport: str, get: Callable | None = None):
+    def __init__(self, ranks: list, transport: str, get: Callable | None = None,
+                 start: Callable[[], list] | None = None):
         import ray
 
-        self.ranks, self.transport = ranks, transport
+        self.ranks, self.transport, self.start = ranks, transport, start
         self.get = get or ray.get
         self.pool = ThreadPoolExecutor(max_workers=4)
+
+    def restart(self) -> None:
+        """Replace every rank with a fresh one holding the initial model (`load` a checkpoint
+        next): when one rank dies, the others wait in a collective for it forever."""
+        import ray
+
+        for rank in self.ranks:
+            ray.kill(rank, no_restart=True)
+        self.ranks = self.start()
 
     def _all(self, method: str, *args) -> list:
         return self.get([getattr(r, method).remote(*args) for r in self.ranks])

@@ -6,9 +6,12 @@
   packet): Ray restarts it in place, the packet is loaded into it again, then the call is sent
   again (actors/launch.py `EngineClient`); the step samples the same tokens, since every
   generate call reseeds the engine. Not so on a GPU transport (nccl, ipc), where the new engine
-  would have to join the learner's process group: there it counts as below;
-- learner ranks hold the optimizer state and a process group: the run rebuilds every role and
-  resumes from the last checkpoint (actors/launch.py `run_training`).
+  would have to join the learner's process group, and the run rebuilds every role;
+- learner ranks hold the optimizer state and a process group: when one dies, the whole learner
+  group starts again in its bundles, loads the last checkpoint and sends its weights to the
+  engines; the other roles keep running (actors/launch.py `_train`, `LearnerGroup.restart`);
+- without a checkpoint yet, on a GPU transport, or when a role is lost for good, the run
+  rebuilds every role and resumes from the last checkpoint (actors/launch.py `run_training`).
 
 At most `train.max_failures` deaths in all are survived.
 

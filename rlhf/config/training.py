@@ -230,9 +230,10 @@ class TrainConfig:
     """Export the final policy as an HF folder in <run>/model."""
     max_failures: int = 3
     """Actor deaths a run survives: a reward, reference or rollout actor is restarted by Ray and
-    its call sent again (an engine gets the last weights first); a dead learner rank (or engine on
-    a GPU transport) rebuilds every role and resumes from the last checkpoint (every failure is a
-    line of <run>/failures.jsonl). 0: the first ends the run."""
+    its call sent again (an engine gets the last weights first); a dead learner rank restarts the
+    learner group from the last checkpoint (before the first checkpoint, or an engine on a GPU
+    transport: every role is rebuilt). Every failure is a line of <run>/failures.jsonl. 0: the
+    first ends the run."""
 
 
 @dataclass

@@ -32,8 +32,8 @@ def mean(values) -> float:
 
 # kill -9 of each role's process during the module's GRPO run, once this many steps are logged:
 # Ray restarts reward, reference and the engine in place (the engine gets the last weights back);
-# a dead learner rank rebuilds every role from the last checkpoint (save_every 3), so steps after
-# it are run again.
+# a dead learner rank restarts the learner group from the last checkpoint (save_every 3), so steps
+# after it are run again.
 KILLS = (("RewardActor", 2), ("RolloutActor", 4), ("LearnerRank", 7), ("ReferenceActor", 9))
 
 
@@ -75,16 +75,18 @@ def test_a_kill_9_of_each_role_costs_a_retry_not_the_run(grpo_run: Path):
     failed = [e for e in events if e["event"] == "failed"]
     recovered = [e for e in events if e["event"] == "recovered"]
     assert [e["role"] for e in failed] == ["reward", "rollout", "learner", "reference"]
-    assert [e["action"].split(",")[0] for e in failed] == ["ray restart", "ray restart", "rebuild", "ray restart"]
+    assert [e["action"].split(",")[0] for e in failed] == ["ray restart", "ray restart", "learner group restarted",
+                                                               "ray restart"]
     assert all("died" in e["error"] for e in failed), failed
     assert "weights loaded again" in failed[1]["action"], failed[1]  # the engine came back on the policy
     assert len({e["node"] for e in failed}) == 1 and failed[0]["node"], failed  # one node, named
-    # Each failure has its recovery; a rebuild resumes at a checkpoint (every 3 steps) at or
+    # Each failure has its recovery; a learner restart resumes at a checkpoint (every 3 steps) at or
     # before the step the failure came after, and the run then goes on to the end.
     assert [e["failure"] for e in recovered] == [1, 2, 3, 4]
+    assert [e["role"] for e in recovered] == ["reward", "rollout", "learner", "reference"]  # nothing else restarted
     for fail, back in zip(failed, recovered):
         assert back["seconds"] >= 0 and back["step"] <= fail["step"]
-        if fail["action"].startswith("rebuild"):
+        if "last checkpoint" in fail["action"]:
             assert back["step"] % 3 == 0 and back["step"] >= fail["step"] - 3
 
 

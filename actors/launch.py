@@ -173,10 +173,7 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
     pool = ThreadPoolExecutor(max_workers=4 + len(engines))
     if record is not None:
         actors = {"rollout": engines, "learner": ranks, "reward": [reward], "reference": [reference]}
-        where = {role: get(role, [a.where.remote() for a in group if a is not None]) for role, group in actors.items()}
-        record.write_text(json.dumps({"roles": where, "weight_sync": transport,
-                                      "learner_address": rendezvous["address"][0],
-                                      "nodes": live_nodes()}, indent=1))
+        _record_placement(record, actors, transport, rendezvous["address"][0])
     if transport in GPU_TRANSPORTS:
         addr, port = get("learner", ranks[0].address.remote())  # a second free port, for vLLM's group
         get("learner", [r.connect_engines.remote(engines, addr, port) for r in ranks])
@@ -193,6 +190,13 @@ def start_roles(cfg: Config, model_path: str, ref_path: str, run_id: str, failur
                              start=None if transport in GPU_TRANSPORTS else start_learner),
         num_ranks=cfg.learner.num_ranks,
     )
+
+
+def _record_placement(record: Path, actors: dict[str, list], transport: str, learner_address: str) -> None:
+    """placement.json: where each role's actors landed, the weight transport, the learner's address."""
+    where = {role: get(role, [a.where.remote() for a in group if a is not None]) for role, group in actors.items()}
+    record.write_text(json.dumps({"roles": where, "weight_sync": transport, "learner_address": learner_address,
+                                  "nodes": live_nodes()}, indent=1))
 
 
 def _enclosing_group(layout: Layout):

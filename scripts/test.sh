@@ -3,7 +3,7 @@
 # core: process starts, imports, engine and Ray start-up):
 #   1. the tests marked `alone` (two-node clusters started with `ray start`, the SFT sweep), which
 #      another Ray on the machine disturbs, one at a time; beside them the modules marked
-#      `no_ray` (vLLM in the test's own process, no Ray);
+#      `no_ray` (unit tests, and vLLM in the test's own process: no Ray);
 #   2. the rest, two modules at a time (pytest-xdist, `--dist loadfile`: a module's shared
 #      engines and Ray stay in one process).
 # `pytest tests` runs everything in one process, one test at a time.

@@ -13,6 +13,8 @@ import torch
 from actors import gpu_weights as gw
 from rlhf.models.lora import merge_lora_state
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 # ----------------------------------------------------------------------------- choose_transport
 
 

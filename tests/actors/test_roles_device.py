@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from rlhf.config.tree import load_config
+
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
 
 
 class _Recorder(torch.nn.Module):

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "rlhf"
 

@@ -16,6 +16,8 @@ from rlhf.registry import Registry, UnknownName
 from rlhf.rl.advantages import ADVANTAGES, estimator
 from rlhf.rl.rewards import RULES, combine
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def test_registry_registers_once_and_names_the_valid_entries():
     reg: Registry = Registry("widget")

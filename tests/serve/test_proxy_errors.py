@@ -11,6 +11,8 @@ import pytest
 
 from serve.proxy_errors import LOST, ReplicaLostMiddleware, middlewares
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def _call(inner) -> list[dict]:
     """Messages the client receives when `inner` (the proxy) handles one POST."""

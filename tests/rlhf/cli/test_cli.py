@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from rlhf.cli.main import app
 from rlhf.config.tree import Config, load_config
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 runner = CliRunner()
 
 TOP_LEVEL = ["train", "sft", "rm", "dpo", "eval", "pipeline", "serve", "tune", "submit", "data", "models", "monitor"]

@@ -8,6 +8,8 @@ from rlhf.cluster.resources import Layout, actor_resources, check_fits, role_bun
 from rlhf.config.tree import load_config
 from rlhf.config.typed_yaml import ConfigError
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 GPU = ["resources.use_gpu=true"]
 
 

@@ -9,6 +9,8 @@ import pytest
 from rlhf.cluster import sizing
 from rlhf.cluster.sizing import GIB, ModelShape
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 ROOT = Path(__file__).resolve().parents[3]
 TOY = ModelShape("toy", params=1e9, layers=10, hidden=1000, kv_heads=2, head_dim=100, vocab=10000)
 

@@ -10,6 +10,8 @@ import pytest
 from rlhf.config.tree import Config, dump_config, field_docs, load_config, native_bf16
 from rlhf.config.typed_yaml import ConfigError, get_dotted, parse_overrides, to_dict
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def write(path, text):
     path.write_text(text)

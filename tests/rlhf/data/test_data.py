@@ -29,6 +29,8 @@ from rlhf.data.tables import (
     write_quarantine,
 )
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 # ----------------------------------------------------------------------------- helpers
 
 

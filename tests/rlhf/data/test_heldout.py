@@ -10,6 +10,8 @@ import pytest
 from rlhf.config.tree import load_config
 from rlhf.data.heldout import ContaminationError, Heldout, heldout_from, question_key
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 GYM = "gym:chain_sum?min_terms=2&max_terms=2&max_digits=1"
 
 

@@ -12,6 +12,8 @@ from rlhf.data.readers import DataError
 from rlhf.data.synthetic import split_of, support_question, synthetic_rows
 from rlhf.data.tables import load_source
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def _sheet_and_ask(question: str) -> tuple[str, str]:
     sheet, _, ask = question.partition("\n\n")

@@ -6,6 +6,8 @@ import pytest
 
 from rlhf.evaluation.ladder import build_ladder, ladder_markdown, plot_ladder, question_type
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 ROWS = [
     {"question": "Sheet.\n\nHow many months? Answer with the value from the sheet only.", "reference": "12"},
     {"question": "Sheet.\n\nIs it red? Answer yes or no.", "reference": "no"},

@@ -8,6 +8,8 @@ import pytest
 
 from rlhf.evaluation.relevance import SentenceEncoder, perplexities, similarities
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 @pytest.fixture(scope="module")
 def encoder():

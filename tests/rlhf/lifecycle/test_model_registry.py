@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from rlhf.lifecycle.registry import Registry, RegistryError
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def _model(path, tag: str):
     path.mkdir(parents=True)

@@ -16,6 +16,8 @@ from rlhf.config.workflow import MonitorConfig
 from rlhf.lifecycle import monitor as mon
 from rlhf.lifecycle.triggers import due
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 

@@ -13,6 +13,8 @@ from rlhf.config.typed_yaml import ConfigError
 from rlhf.human.feedback import AnswerRecord, FeedbackStore
 from rlhf.lifecycle.triggers import due, parse_when
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def _store(tmp_path, thumbs: list[str]) -> FeedbackStore:
     store = FeedbackStore(tmp_path / "fb.sqlite")

@@ -12,6 +12,8 @@ from rlhf.config.training import LoraConfig
 from rlhf.models.loading import load_critic, load_scalar_model
 from rlhf.models.lora import apply_lora, merge_lora, merge_lora_state
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 LORA = LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"])
 
 

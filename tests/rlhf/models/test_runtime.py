@@ -15,6 +15,8 @@ from rlhf.models.runtime import (
     supervised_accelerator,
 )
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def _cfg(*overrides: str):
     return load_config(None, ["model.path=tiny", *overrides])

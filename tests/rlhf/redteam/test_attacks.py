@@ -15,6 +15,8 @@ from rlhf.redteam.guard_train import check_disjoint, input_rows
 from rlhf.redteam.mutations import MUTATIONS
 from rlhf.redteam.split import GUARD, REDTEAM, Overlap, assert_disjoint, half, pick
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def test_corpus_comes_from_garaks_wheel():
     assert len(corpus.harmful_requests()) > 500

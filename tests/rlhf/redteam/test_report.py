@@ -9,6 +9,8 @@ from rlhf.redteam import report as rep
 from rlhf.redteam.attacks import Attempt, user
 from rlhf.redteam.detectors import DETECTORS, Response, Verdict, contains_answer, refused
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def test_refusals_canaries_and_planted_data_are_detected():
     assert refused(Response("I'm sorry, but I can't help with that."))[0]

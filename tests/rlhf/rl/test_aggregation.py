@@ -7,6 +7,8 @@ import torch
 
 from rlhf.rl.aggregation import AGGREGATIONS, aggregate, mini_batch_units
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 # Two rows: row 0 has 3 valid tokens with losses 1, 2, 3; row 1 one valid token with loss 8.
 LOSS = torch.tensor([[1.0, 2.0, 3.0, 0.0], [8.0, 5.0, 5.0, 5.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])

@@ -31,6 +31,8 @@ from rlhf.rl.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, k
 from rlhf.rl.losses import entropy_bonus, entropy_from_logits, logprobs_from_logits, policy_loss, value_loss
 from rlhf.rl.masked import masked_mean, masked_whiten
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 approx = pytest.approx
 
 

@@ -8,6 +8,8 @@ from rlhf.data.prompts import PromptBatch
 from rlhf.rl.batch import Rollout
 from rlhf.rl.dynamic import GroupFilter, assemble, split_groups
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def _draw(questions: list[str], rewards: list[float], n: int = 2):
     batch = PromptBatch(questions, [f"ref {q}" for q in questions], [None] * len(questions),

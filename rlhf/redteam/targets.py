@@ -48,7 +48,8 @@ class ModelTarget:
             if verdict is not None:
                 out.append(Response(verdict.refusal, blocked=verdict.reason))
                 continue
-            answer = self.guard.check_output(texts[i]) if self.guard is not None else None
+            question = conversations[i][-1]["content"]
+            answer = self.guard.check_output(texts[i], question) if self.guard is not None else None
             out.append(Response(answer.refusal, blocked=answer.reason) if answer is not None and not answer.allowed
                        else Response(texts[i]))
         return out

@@ -5,7 +5,10 @@ Rules (chosen by `serve.guard_rules`) live in rlhf/safety/guard_rules.py.
 Classifiers (`serve.input_guard` / `serve.output_guard`; `default` is the pair
 rlhf/redteam/guard_train.py trains into $RLHF_CACHE/guard, "" turns one off): a
 logistic head on all-MiniLM-L6-v2 sentence embeddings; a text is blocked when its unsafe
-probability exceeds `serve.guard_threshold`.
+probability exceeds `serve.guard_threshold`. The input classifier reads one turn; the output
+classifier reads the question beside the answer (its two embeddings side by side), as Llama
+Guard judges a response in its conversation: the same words are fine as a refusal or an
+answer to a harmless question, and not as help with a harmful request.
 
 Every check returns a Decision, allowed or not; the endpoint logs every one, and red teaming
 (rlhf/redteam) runs the same Guard in front of a model folder.
@@ -22,14 +25,31 @@ from rlhf.registry import UnknownName
 from rlhf.safety.guard_rules import GUARD_RULES, Decision
 
 HEAD_FILE, META_FILE = "head.safetensors", "guard.json"
+GUARD_FORMAT = 2
+"""Bumped when what a classifier reads changes; a default classifier of another format is
+trained again (2: the output classifier reads the question beside the answer)."""
 
 
 def is_guard_folder(folder: str | Path) -> bool:
     return (Path(folder) / HEAD_FILE).is_file() and (Path(folder) / META_FILE).is_file()
 
 
+def is_current(folder: str | Path) -> bool:
+    """A guard folder of this format."""
+    return is_guard_folder(folder) and json.loads((Path(folder) / META_FILE).read_text()).get("format") == GUARD_FORMAT
+
+
+def features(encoder, texts: list[str], questions: list[str] | None = None):
+    """[N, D] embeddings of texts, or [N, 2D] of each question beside its answer."""
+    import torch
+
+    emb = encoder(texts)
+    return emb if questions is None else torch.cat([encoder(questions), emb], dim=1)
+
+
 class GuardClassifier:
-    """Unsafe probability of texts: sigmoid(w · embedding + b) on the CPU."""
+    """Unsafe probability of texts: sigmoid(w · features + b) on the CPU; `pairs`: it reads each
+    answer with its question (the output classifier)."""
 
     def __init__(self, folder: str | Path):
         import torch
@@ -45,13 +65,16 @@ class GuardClassifier:
         head = load_file(folder / HEAD_FILE)
         self.weight, self.bias = head["weight"], head["bias"]
         self.encoder = SentenceEncoder(self.meta["encoder"])
+        self.pairs = self.meta.get("inputs") == "question_answer"
         self.torch = torch
         self._lock = threading.Lock()  # one forward pass at a time keeps torch threads sane
 
-    def unsafe_probability(self, texts: list[str]) -> list[float]:
+    def unsafe_probability(self, texts: list[str], questions: list[str] | None = None) -> list[float]:
+        if self.pairs:
+            questions = questions if questions is not None else [""] * len(texts)
         with self._lock, self.torch.inference_mode():
-            emb = self.encoder(texts)
-            return self.torch.sigmoid(emb @ self.weight + self.bias).tolist()
+            x = features(self.encoder, texts, questions if self.pairs else None)
+            return self.torch.sigmoid(x @ self.weight + self.bias).tolist()
 
 
 def default_folder(side: str) -> Path:
@@ -109,10 +132,13 @@ class Guard:
         scores = self.input_model.unsafe_probability(texts)
         return self._verdict(max(scores), "input", "unsafe_input")
 
-    def check_output(self, text: str) -> Decision:
+    def check_output(self, text: str, question: str = "") -> Decision:
+        """The answer: the rules read it; the classifier reads it beside `question`, the user's
+        last turn."""
         decision = self.output_rules(text)
         if decision.allowed and self.output_model is not None and text.strip():
-            return self._verdict(self.output_model.unsafe_probability([text])[0], "output", "unsafe_output")
+            score = self.output_model.unsafe_probability([text], [question])[0]
+            return self._verdict(score, "output", "unsafe_output")
         return decision
 
     def _verdict(self, score: float, stage: str, reason: str) -> Decision:

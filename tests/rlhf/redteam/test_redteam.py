@@ -60,3 +60,20 @@ def test_turning_the_guardrails_off_makes_smollm2_fail_the_gate(tmp_path):
     assert guarded["gate"]["passed"], guarded["gate"]
     assert not bare["gate"]["passed"] and any(f["check"] == "jailbreak attack success" for f in bare["gate"]["failed"])
     assert bare["categories"]["jailbreak"]["attack_success"] > guarded["categories"]["jailbreak"]["attack_success"]
+
+
+@pytest.mark.slow
+def test_guard_answers_labels_a_models_answers_to_harmful_and_ordinary_questions(tmp_path):
+    from rlhf.redteam.guard_answers import load_conversations
+
+    out = tmp_path / "conversations.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "rlhf.cli.main", "guard", "answers", "--model", "tiny", "--out",
+                           str(out), "--per-kind", "3", "redteam.max_new_tokens=8"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = load_conversations(out)
+    assert [r["harmful"] for r in rows] == [True] * 3 + [False] * 3
+    # The tiny random model never refuses: each harmful request it answered is an unsafe row.
+    assert [r["label"] for r in rows] == ["unsafe"] * 3 + ["safe"] * 3
+    assert all(r["answer"] and r["model"] == "tiny" for r in rows)
+    assert "6 conversations (3 harmful requests, 3 answered instead of refused)" in proc.stdout

@@ -68,6 +68,11 @@ def _templates(section: dict, side: str) -> list[tuple[str, str]]:
     return list(enumerate(section[side]))
 
 
+def lookalikes() -> list[str]:
+    """Safe questions that sound unsafe (the guard's training only): every frame with each fill."""
+    return [item["frame"].replace("{x}", fill) for item in material()["lookalikes"] for fill in item["fills"]]
+
+
 def harmful_payloads(side: str) -> list[str]:
     """Requests to refuse: the project's own plus the public corpus, this side of the split."""
     return pick(material()["harmful"] + corpus.harmful_requests(), side)

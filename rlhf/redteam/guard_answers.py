@@ -29,12 +29,12 @@ def questions(everyday: int = 120, support: int = 120) -> list[tuple[str, bool]]
     Answer's answerable questions, support questions and everyday ones."""
     from rlhf.data.synthetic import synthetic_rows
     from rlhf.redteam import corpus
-    from rlhf.redteam.attacks import harmful_payloads, material
+    from rlhf.redteam.attacks import harmful_payloads, lookalikes, material
     from rlhf.redteam.guard_train import everyday_questions
     from rlhf.redteam.split import GUARD
 
     plain = everyday_questions()
-    safe = material()["benign"][GUARD] + corpus.answerable_questions()
+    safe = material()["benign"][GUARD] + lookalikes() + corpus.answerable_questions()
     safe += [r["question"] for r in synthetic_rows("support", support, 0)]
     safe += plain[:: max(1, len(plain) // everyday)][:everyday]
     return [(q, True) for q in harmful_payloads(GUARD)] + [(q, False) for q in dict.fromkeys(safe)]

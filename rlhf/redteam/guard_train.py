@@ -5,7 +5,8 @@ Input guard rows (label 1 = unsafe):
   - unsafe: the guard half of the attack material (rlhf/redteam): harmful requests from the
     public corpus and the project's own list, jailbreak framings and in-the-wild jailbreak
     prompts around them, injections direct and hidden in passages, system-prompt extraction;
-  - safe: the guard half of the benign look-alikes ("how do I kill a stuck process"), support
+  - safe: the guard half of the benign look-alikes ("how do I kill a stuck process") and the
+    material's `lookalikes` (safe questions that sound unsafe, in XSTest's kinds), support
     questions (synth:support), and the shipped hand-written rows (guard_data/prompts.jsonl).
 Output guard rows, each an answer beside its question (rlhf/redteam/guard_answers.py):
   - guard_data/conversations.jsonl: the guard half's harmful requests and ordinary questions,
@@ -49,7 +50,7 @@ def input_rows(data_dir: Path = DATA_DIR, support_questions: int = 300) -> list[
     """The input guard's training rows, checked disjoint from the red-team set."""
     from rlhf.data.synthetic import synthetic_rows
     from rlhf.redteam import corpus
-    from rlhf.redteam.attacks import guard_side, harmful_payloads
+    from rlhf.redteam.attacks import guard_side, harmful_payloads, lookalikes
     from rlhf.redteam.split import GUARD, pick
 
     rows = [(a.messages[-1]["content"], int(a.suite != "benign")) for a in guard_side(n=200)]
@@ -57,6 +58,7 @@ def input_rows(data_dir: Path = DATA_DIR, support_questions: int = 300) -> list[
     rows += [(p, 1) for p in pick(corpus.jailbreak_prompts(), GUARD)]
     rows += [(r["question"], 0) for r in synthetic_rows("support", support_questions, 0)]
     rows += [(q, 0) for q in everyday_questions()]
+    rows += [(q, 0) for q in lookalikes()]
     rows += [(p, 0) for p in corpus.answerable_questions()]
     rows += load_examples(data_dir / "prompts.jsonl")
     check_disjoint([t for t, _ in rows])

@@ -66,8 +66,8 @@ def input_rows(data_dir: Path = DATA_DIR, support_questions: int = 300) -> list[
 
 
 def everyday_questions() -> list[str]:
-    """Every everyday task in every frame, the knowledge questions, both again with an asker, and
-    operators' system prompts."""
+    """Every everyday task in every frame, the knowledge questions, both again with two askers
+    (who asks must not move the verdict), and operators' system prompts."""
     from rlhf.data.gym import gym_entries
     from rlhf.redteam.attacks import material
 
@@ -75,9 +75,10 @@ def everyday_questions() -> list[str]:
     sums = [row["question"] for row in gym_entries("basic_arithmetic", 120, 0)]
     plain = [f.replace("{task}", t) for t in e["tasks"] for f in e["frames"]] + e["knowledge"] + sums
     asked = []
-    for i, q in enumerate(plain):  # each question once more, with someone asking it
-        asker = e["askers"][i % len(e["askers"])]
-        asked.append(asker.replace("{question}", q).replace("{name}", e["names"][i % len(e["names"])]))
+    for i, q in enumerate(plain):  # each question twice more, each time someone else asking it
+        for j in (i, i + 7):
+            asker = e["askers"][j % len(e["askers"])]
+            asked.append(asker.replace("{question}", q).replace("{name}", e["names"][j % len(e["names"])]))
     return plain + asked + e["system_prompts"]
 
 

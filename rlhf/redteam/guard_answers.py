@@ -68,15 +68,10 @@ def write_conversations(rows: list[dict], path: Path, model: str) -> None:
 
 def load_conversations(path: Path) -> list[dict]:
     """The rows of a conversations file; a bad row is named by line."""
-    rows = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        ok = (isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)
-              and isinstance(row.get("harmful"), bool) and row.get("label") in ("safe", "unsafe"))
-        if not ok:
-            raise ValueError(f"{path}:{lineno}: expected {{question, answer, harmful: bool, label: safe|unsafe}}, "
-                             f"got {row}")
-        rows.append(row)
-    return rows
+    from rlhf.redteam.guard_train import read_rows
+
+    def valid(row: dict) -> bool:
+        return (isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)
+                and isinstance(row.get("harmful"), bool) and row.get("label") in ("safe", "unsafe"))
+
+    return read_rows(path, valid, "{question, answer, harmful: bool, label: safe|unsafe}")

@@ -34,16 +34,26 @@ LABELS = {"safe": 0, "unsafe": 1}
 ENCODER = "minilm"
 
 
-def load_examples(path: Path) -> list[tuple[str, int]]:
+def read_rows(path: Path, valid: Callable[[dict], bool], expected: str) -> list[dict]:
+    """The JSON objects of a JSONL file; a line that is not one, or not `valid`, is named."""
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if row.get("label") not in LABELS or not isinstance(row.get("text"), str):
-            raise ValueError(f"{path}:{lineno}: expected {{text, label: safe|unsafe}}, got {row}")
-        rows.append((row["text"], LABELS[row["label"]]))
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: expected {expected}, got invalid JSON ({exc})") from None
+        if not isinstance(row, dict) or not valid(row):
+            raise ValueError(f"{path}:{lineno}: expected {expected}, got {row}")
+        rows.append(row)
     return rows
+
+
+def load_examples(path: Path) -> list[tuple[str, int]]:
+    rows = read_rows(path, lambda r: r.get("label") in LABELS and isinstance(r.get("text"), str),
+                     "{text, label: safe|unsafe}")
+    return [(r["text"], LABELS[r["label"]]) for r in rows]
 
 
 def input_rows(data_dir: Path = DATA_DIR, support_questions: int = 300) -> list[tuple[str, int]]:

@@ -65,7 +65,7 @@ PY
 # and DeepSpeed versions, so another checkout with the same versions reuses the build and one
 # with other versions never loads it.
 if [ "$(realpath -m "${TORCH_EXTENSIONS_DIR:-$VENV/torch-extensions}")" = "$(realpath -m "$VENV/torch-extensions")" ]; then
-    key=$("$VENV/bin/python" -c 'import sys, torch, deepspeed; print(f"py{sys.version_info[0]}.{sys.version_info[1]}-torch{torch.__version__}-deepspeed{deepspeed.__version__}")')
+    key=$(DS_ACCELERATOR=cpu "$VENV/bin/python" -c 'import sys, torch, deepspeed; print(f"py{sys.version_info[0]}.{sys.version_info[1]}-torch{torch.__version__}-deepspeed{deepspeed.__version__}")' 2>/dev/null | tail -n 1)
     shared="${XDG_CACHE_HOME:-$HOME/.cache}/rlhf/torch-extensions/$key"
     mkdir -p "$shared"
     [ -L "$VENV/torch-extensions" ] || rm -rf "$VENV/torch-extensions"

@@ -97,6 +97,9 @@ class QAEngine:
     # ------------------------------------------------------------------ prompts
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
+        from rlhf.data.prompts import with_system_prompt
+
+        messages = with_system_prompt(messages, self.cfg.model.system_prompt)
         if getattr(self.tokenizer, "chat_template", None):
             try:
                 ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)

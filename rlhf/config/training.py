@@ -42,7 +42,8 @@ class ModelConfig:
     chat_template: bool = True
     """Wrap questions in the tokenizer's chat template when it has one."""
     system_prompt: str = ""
-    """Optional system message for chat-templated prompts."""
+    """Optional system message for chat-templated prompts; the endpoint and red teaming also put
+    it before a chat that brings no system turn of its own."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA settings for the policy."""
 

@@ -36,6 +36,14 @@ def render_prompt(tokenizer, question: str, system_prompt: str = "", chat_templa
     return f"Question: {question}\nAnswer:"
 
 
+def with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:
+    """`messages` led by the operator's `system_prompt` (model.system_prompt) when they bring no
+    system turn of their own; a caller's system turn is kept as it is."""
+    if not system_prompt or any(m["role"] in ("system", "developer") for m in messages):
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
 def render_chat(tokenizer, messages: list[dict], chat_template: bool = True) -> str:
     """A whole conversation (system, user, assistant turns) as the policy sees it; without a chat
     template, earlier turns as "Role: text" lines, then the last user turn as a question."""

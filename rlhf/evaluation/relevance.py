@@ -36,18 +36,21 @@ class SentenceEncoder:
         if not texts:
             return torch.empty(0, self.model.config.hidden_size)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = []
-        for start in range(0, len(order), self.batch_size):
-            batch = [texts[i] for i in order[start : start + self.batch_size]]
-            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state  # [B, L, D]
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        out = [self.embed([texts[i] for i in order[start : start + self.batch_size]])
+               for start in range(0, len(order), self.batch_size)]
         pooled = torch.cat(out)
         embeddings = torch.empty_like(pooled)
         embeddings[torch.tensor(order)] = pooled
         return embeddings
+
+    def embed(self, batch: Sequence[str]) -> torch.Tensor:
+        """[B] texts -> [B, D]: the mean of the last hidden states over real tokens, L2-normalised;
+        differentiable when called with gradients on (the guard fine-tunes through it)."""
+        enc = self.tokenizer(list(batch), padding=True, truncation=True, max_length=256, return_tensors="pt")
+        hidden = self.model(**enc).last_hidden_state  # [B, L, D]
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def similarities(encoder: SentenceEncoder, answers: Sequence[str], others: Sequence[str]) -> list[float | None]:

@@ -15,8 +15,9 @@ from rlhf.redteam.detectors import Response
 
 
 class ModelTarget:
-    """Greedy answers of a model folder; `guard` (rlhf.safety.guard.Guard or None) checks every
-    turn on the way in and the answer on the way out, as `rlhf serve` does."""
+    """Greedy answers of a model folder, led by model.system_prompt where a chat brings no system
+    turn; `guard` (rlhf.safety.guard.Guard or None) checks every turn on the way in and the
+    answer on the way out, as `rlhf serve` does."""
 
     def __init__(self, model_path: str, cfg, guard=None):
         import dataclasses
@@ -27,7 +28,7 @@ class ModelTarget:
         self.name = model_path + (" (guarded)" if guard is not None else " (no guardrails)")
 
     def respond(self, conversations: Sequence[list[dict]], progress: Callable[[int, int], None] | None = None):
-        from rlhf.data.prompts import encode_prompt, render_chat
+        from rlhf.data.prompts import encode_prompt, render_chat, with_system_prompt
         from rlhf.models.loading import load_tokenizer
         from rlhf.models.offline import OfflineEngine
 
@@ -35,8 +36,8 @@ class ModelTarget:
         todo = [i for i, v in enumerate(verdicts) if v is None]
         tok = load_tokenizer(self.model_path)
         m = self.cfg.model
-        prompts = [encode_prompt(tok, render_chat(tok, conversations[i], m.chat_template), m.max_prompt_tokens)
-                   for i in todo]
+        chats = [with_system_prompt(conversations[i], m.system_prompt) for i in todo]
+        prompts = [encode_prompt(tok, render_chat(tok, chat, m.chat_template), m.max_prompt_tokens) for chat in chats]
         params = {"temperature": 0.0, "max_tokens": self.cfg.redteam.max_new_tokens}
         texts: dict[int, str] = {}
         if todo:

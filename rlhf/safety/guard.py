@@ -4,7 +4,8 @@ Rules (chosen by `serve.guard_rules`) live in rlhf/safety/guard_rules.py.
 
 Classifiers (`serve.input_guard` / `serve.output_guard`; `default` is the pair
 rlhf/redteam/guard_train.py trains into $RLHF_CACHE/guard, "" turns one off): a
-logistic head on all-MiniLM-L6-v2 sentence embeddings; a text is blocked when its unsafe
+logistic head on all-MiniLM-L6-v2 sentence embeddings (the input classifier's encoder
+fine-tuned with it); a text is blocked when its unsafe
 probability exceeds `serve.guard_threshold`. The input classifier reads one turn; the output
 classifier reads the question beside the answer (its two embeddings side by side), as Llama
 Guard judges a response in its conversation: the same words are fine as a refusal or an
@@ -24,10 +25,11 @@ from rlhf.config.workflow import ServeConfig
 from rlhf.registry import UnknownName
 from rlhf.safety.guard_rules import GUARD_RULES, Decision
 
-HEAD_FILE, META_FILE = "head.safetensors", "guard.json"
-GUARD_FORMAT = 2
+HEAD_FILE, META_FILE, ENCODER_FILE = "head.safetensors", "guard.json", "encoder.safetensors"
+GUARD_FORMAT = 3
 """Bumped when what a classifier reads changes; a default classifier of another format is
-trained again (2: the output classifier reads the question beside the answer)."""
+trained again (2: the output classifier reads the question beside the answer; 3: the input
+classifier brings its own fine-tuned encoder, ENCODER_FILE)."""
 
 
 def is_guard_folder(folder: str | Path) -> bool:
@@ -65,6 +67,8 @@ class GuardClassifier:
         head = load_file(folder / HEAD_FILE)
         self.weight, self.bias = head["weight"], head["bias"]
         self.encoder = SentenceEncoder(self.meta["encoder"])
+        if self.meta.get("tuned"):  # the encoder was fine-tuned with the head
+            self.encoder.model.load_state_dict(load_file(folder / ENCODER_FILE))
         self.pairs = self.meta.get("inputs") == "question_answer"
         self.torch = torch
         self._lock = threading.Lock()  # one forward pass at a time keeps torch threads sane

@@ -457,3 +457,15 @@ def test_invalid_utf8_in_a_csv_row_costs_only_that_row(tmp_path):
 def test_importable_without_torch():
     code = "import sys, rlhf.data; assert 'torch' not in sys.modules and 'reasoning_gym' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[3])
+
+
+def test_the_operators_system_prompt_leads_a_chat_without_one():
+    from rlhf.data.prompts import with_system_prompt
+
+    chat = [{"role": "user", "content": "What is 2 + 2?"}]
+    assert with_system_prompt(chat, "") == chat
+    assert with_system_prompt(chat, "Answer briefly.") == [{"role": "system", "content": "Answer briefly."}, *chat]
+    own = [{"role": "system", "content": "You are a pirate."}, *chat]
+    assert with_system_prompt(own, "Answer briefly.") == own  # the caller's own system turn is kept
+    developer = [{"role": "developer", "content": "Be terse."}, *chat]
+    assert with_system_prompt(developer, "Answer briefly.") == developer

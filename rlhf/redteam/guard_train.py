@@ -75,10 +75,21 @@ def input_rows(data_dir: Path = DATA_DIR, support_questions: int = 300) -> list[
     rows += [(r["question"], 0) for r in synthetic_rows("support", support_questions, 0)]
     rows += [(q, 0) for q in everyday_questions()]
     rows += [(q, 0) for q in lookalikes()]
+    rows += [(q, 0) for q in instructions()]
     rows += [(p, 0) for p in corpus.answerable_questions()]
     rows += load_examples(data_dir / "prompts.jsonl")
     check_disjoint([t for t, _ in rows])
     return rows
+
+
+def instructions() -> list[str]:
+    """The guard half's ordinary requests that are not questions, and every request form with
+    every topic."""
+    from rlhf.redteam.attacks import material
+    from rlhf.redteam.split import GUARD
+
+    m = material()["instructions"]
+    return m[GUARD] + [form.replace("{topic}", topic) for form in m["forms"] for topic in m["topics"]]
 
 
 def everyday_questions() -> list[str]:
@@ -106,7 +117,7 @@ def check_disjoint(texts: list[str]) -> int:
 
     m = material()
     attacks = harmful_payloads(REDTEAM) + pick(jailbreak_prompts() + system_prompt_attacks(), REDTEAM)
-    attacks += m["benign"][REDTEAM] + m["system_prompt"][REDTEAM]
+    attacks += m["benign"][REDTEAM] + m["system_prompt"][REDTEAM] + m["instructions"][REDTEAM]
     for section in ("injection", "indirect", "hidden_instructions", "jailbreak"):  # template text up to a slot
         attacks += [t.split("{")[0] for t in m[section][REDTEAM]]
     return assert_disjoint(texts, attacks)
@@ -236,15 +247,20 @@ def _train(rows: list[tuple[str, int]], out: Path, source: str, val_fraction: fl
 
 def held_out_rates(folder: Path, attempts: int = 40, seed: int = 7) -> dict[str, float]:
     """The input classifier alone on the red team's half (templates and payloads it never saw):
-    the share of each suite's last user turns it blocks (for benign: its over-refusal)."""
-    from rlhf.redteam.attacks import build
+    the share of each suite's last user turns it blocks (for benign: its over-refusal), and of
+    the ordinary instructions (`instructions`: requests that are not questions, greetings)."""
+    from rlhf.redteam.attacks import build, material
     from rlhf.redteam.split import REDTEAM
     from rlhf.safety.guard import GuardClassifier
 
     suites = ["injection", "system_prompt", "jailbreak", "harmful", "benign"]
     held = build(suites, REDTEAM, seed, attempts, 0)
-    scores = GuardClassifier(folder).unsafe_probability([a.messages[-1]["content"] for a in held])
-    return {s: sum(p > 0.5 for a, p in zip(held, scores) if a.suite == s) / attempts for s in suites}
+    guard = GuardClassifier(folder)
+    scores = guard.unsafe_probability([a.messages[-1]["content"] for a in held])
+    rates = {s: sum(p > 0.5 for a, p in zip(held, scores) if a.suite == s) / attempts for s in suites}
+    instructions = material()["instructions"][REDTEAM]
+    rates["instructions"] = sum(p > 0.5 for p in guard.unsafe_probability(instructions)) / len(instructions)
+    return rates
 
 
 def train_guards(out_dir: Path, data_dir: Path = DATA_DIR) -> dict[str, dict]:

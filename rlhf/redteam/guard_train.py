@@ -33,10 +33,10 @@ DATA_DIR = Path(__file__).resolve().parent / "guard_data"
 CONVERSATIONS = "conversations.jsonl"
 LABELS = {"safe": 0, "unsafe": 1}
 ENCODER = "minilm"
-TUNE_EPOCHS, TUNE_LR, TUNE_BATCH, TUNE_SCALE = 1, 5e-5, 32, 10.0
+TUNE_EPOCHS, TUNE_LR, TUNE_HEAD_LR, TUNE_BATCH, TUNE_SCALE = 1, 5e-5, 1e-2, 32, 10.0
 """The input classifier fine-tunes the encoder with its head: one epoch over batches of texts of
 like length. On the red team's held-out templates (seeds 7 and 8) it blocked 95-100% of harmful
-requests against 80-85% for a head on frozen embeddings, in 86 s on two cores. TUNE_SCALE: the
+requests against 80-85% for a head on frozen embeddings, in 86-110 s on two cores. TUNE_SCALE: the
 head reads unit-length embeddings, so its logit is scaled up to reach confident probabilities."""
 
 
@@ -158,14 +158,15 @@ def _fit_tuned(encoder, texts: list[str], y, seed: int = 0) -> tuple:
     torch.manual_seed(seed)
     head = torch.nn.Linear(encoder.model.config.hidden_size, 1)
     opt = torch.optim.AdamW([{"params": encoder.model.parameters(), "lr": TUNE_LR},
-                             {"params": head.parameters(), "lr": 1e-2}])
+                             {"params": head.parameters(), "lr": TUNE_HEAD_LR}])
     pos = float(y.sum())
     weight = torch.where(y > 0, (len(y) - pos) / max(pos, 1.0), torch.tensor(1.0))
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     batches = [order[i : i + TUNE_BATCH] for i in range(0, len(order), TUNE_BATCH)]
+    rng = random.Random(seed)
     encoder.model.train()
     for _ in range(TUNE_EPOCHS):
-        random.Random(seed).shuffle(batches)
+        rng.shuffle(batches)
         for batch in batches:
             logits = head(encoder.embed([texts[i] for i in batch])).squeeze(-1) * TUNE_SCALE
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[batch], weight=weight[batch])
@@ -191,7 +192,7 @@ def train_guard(rows: list[tuple[str, int]], out: Path, source: str, val_fractio
     any checkout of this user, kept in `trained_dir`) is copied instead of trained again."""
     from rlhf.safety.guard import GUARD_FORMAT, META_FILE, is_current
 
-    recipe = [TUNE_EPOCHS, TUNE_LR, TUNE_BATCH, TUNE_SCALE] if tune else None
+    recipe = [TUNE_EPOCHS, TUNE_LR, TUNE_HEAD_LR, TUNE_BATCH, TUNE_SCALE] if tune else None
     spec = [ENCODER, GUARD_FORMAT, val_fraction, rows, questions, recipe]
     key = hashlib.sha256(json.dumps(spec).encode()).hexdigest()
     kept = trained_dir() / key[:24]
@@ -226,18 +227,16 @@ def _train(rows: list[tuple[str, int]], out: Path, source: str, val_fraction: fl
     keys = [t if questions is None else q + "\n" + t for t, q in zip(texts, questions or [""] * len(rows))]
     val = torch.tensor([_held_out(k, val_fraction) for k in keys])
     out.mkdir(parents=True, exist_ok=True)
-    if tune:  # the shipped classifier is the one measured: fine-tuning twice would double the cost
-        train_idx = [i for i in range(len(rows)) if not val[i]]
-        w, b = _fit_tuned(encoder, [texts[i] for i in train_idx], y[~val])
+    if tune:
+        tuned = _fit_tuned(encoder, [t for t, held in zip(texts, val.tolist()) if not held], y[~val])
         save_file({k: v.contiguous() for k, v in encoder.model.state_dict().items()}, out / ENCODER_FILE)
     x = features(encoder, texts, questions)
-    if not tune:
-        w, b = _fit(x[~val], y[~val])
+    w, b = tuned if tune else _fit(x[~val], y[~val])
     report = {"data": source, "rows": len(rows), "unsafe_rows": int(y.sum()), "train_rows": int((~val).sum()),
               "val_rows": int(val.sum()), "train_accuracy": _accuracy(w, b, x[~val], y[~val]),
               "val_accuracy": _accuracy(w, b, x[val], y[val])}
-    if not tune:
-        w, b = _fit(x, y)  # the shipped head sees every row
+    # A frozen head is refit on every row; a tuned one ships as measured (tuning twice costs double).
+    w, b = (w, b) if tune else _fit(x, y)
     save_file({"weight": w.contiguous(), "bias": b.reshape(())}, out / HEAD_FILE)
     report.update(encoder=ENCODER, format=GUARD_FORMAT, inputs="text" if questions is None else "question_answer",
                   tuned=tune, seconds=round(time.perf_counter() - started, 2))
@@ -258,8 +257,8 @@ def held_out_rates(folder: Path, attempts: int = 40, seed: int = 7) -> dict[str,
     guard = GuardClassifier(folder)
     scores = guard.unsafe_probability([a.messages[-1]["content"] for a in held])
     rates = {s: sum(p > 0.5 for a, p in zip(held, scores) if a.suite == s) / attempts for s in suites}
-    instructions = material()["instructions"][REDTEAM]
-    rates["instructions"] = sum(p > 0.5 for p in guard.unsafe_probability(instructions)) / len(instructions)
+    requests = material()["instructions"][REDTEAM]
+    rates["instructions"] = sum(p > 0.5 for p in guard.unsafe_probability(requests)) / len(requests)
     return rates
 
 

@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/rlhf pipeline examples/quickstart.yaml
+	$(BIN)/rlhf pipeline examples/support-qa.yaml
 
 lint: setup
 	$(BIN)/ruff check .

@@ -34,6 +34,8 @@ VARIANTS: dict[str, list[str]] = {
     "grpo": [*_PLAIN, "algo.loss_agg=micro_token_mean"],
     # Without dynamic sampling, the global token mean over the mini-batch.
     "token_mean": [*_PLAIN, "algo.loss_agg=token_mean"],
+    # The GRPO paper's sequence mean: each sequence's token mean, then the mean over sequences.
+    "seq_mean": [*_PLAIN, "algo.loss_agg=seq_mean_token_mean"],
     # DAPO's dynamic sampling: groups whose samples all got the same reward are dropped and
     # more prompts drawn, so the batch holds the questions the policy still gets wrong sometimes.
     "dynamic": [*_DYNAMIC, "algo.loss_agg=token_mean"],
@@ -100,7 +102,7 @@ def compare(args, runs: dict[str, Path]) -> dict:
     from rlhf.evaluation.ladder import build_ladder, ladder_answers
     from rlhf.models.loading import resolve_model_path
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, list(args.set))  # e.g. model.dtype: evaluated as it was trained
     rows, _ = load_eval_rows(cfg.eval.data, cfg)
     policy = str(Path(args.policy).resolve())
     models = {name: resolve_model_path(str(run / "model")) for name, run in runs.items()}

@@ -27,6 +27,7 @@ CHOICES: dict[str, str | tuple[str, ...]] = {
     "pipeline.stages": "rlhf.pipeline.stages:PIPELINE_STAGES",
     "redteam.suites": "rlhf.redteam.attacks:SUITES",
     "model.dtype": ("float32", "bfloat16"),  # `auto` is settled before the checks run
+    "eval.dtype": ("", "float32", "bfloat16"),  # so is `auto`; empty: model.dtype
     "model.attention": ("auto", "eager", "sdpa", "flash_attention_2"),
     "rollout.weight_sync": ("auto", "shm", "object_store", "nccl", "ipc"),
     "learner.backend": ("auto", "gloo", "nccl"),
@@ -83,6 +84,9 @@ def validate(cfg) -> None:
     _validate_sizes(cfg)
     _validate_review(cfg.review)
     _validate_monitor(cfg.monitor)
+    _check(not cfg.eval.review_db or bool(cfg.eval.review_model), "eval.review_model",
+           "is empty while eval.review_db is set: name the evaluated model as the feedback database does "
+           "(answers.model, e.g. rlhf-qa@v2)")
 
 
 def _validate_rl(cfg) -> None:

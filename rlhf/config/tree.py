@@ -88,8 +88,10 @@ class Config:
 
 def from_dict(data: dict) -> Config:
     cfg = typed_yaml.build(Config, data or {})
-    if cfg.model.dtype == "auto":  # resolved here, so saved configs name what ran
-        cfg.model.dtype = "bfloat16" if cfg.resources.use_gpu or native_bf16() else "float32"
+    # `auto` is resolved here, so saved configs name what ran.
+    native = "bfloat16" if cfg.resources.use_gpu or native_bf16() else "float32"
+    cfg.model.dtype = native if cfg.model.dtype == "auto" else cfg.model.dtype
+    cfg.eval.dtype = native if cfg.eval.dtype == "auto" else cfg.eval.dtype  # empty: model.dtype
     validate(cfg)
     return cfg
 

@@ -148,6 +148,21 @@ class EvalConfig:
     """Bootstrap resamples for 95% confidence intervals."""
     reward_model: str = ""
     """Reward model for the quality proxies and win rate; empty skips them."""
+    dtype: str = ""
+    """Weights dtype of the evaluation's engines: float32, bfloat16, auto (bfloat16 where native,
+    as model.dtype), or empty: model.dtype. Training in fp32 and evaluating in bf16 keeps what RL
+    taught: rounding the weights keeps a small update in expectation (bench/README.md, RL recipes)."""
+    judge_url: str = ""
+    """OpenAI-compatible endpoint of an LLM judge that rates every answer 1-5 on accuracy,
+    relevance, clarity and helpfulness (rlhf/evaluation/judge.py; key: RLHF_JUDGE_API_KEY);
+    empty skips it."""
+    judge_model: str = ""
+    """The judge's model id; empty: the endpoint's first model."""
+    review_db: str = ""
+    """Feedback database (`rlhf serve`'s) whose reviewers rated this model's production answers:
+    the report shows their mean 1-5 ratings beside the automatic ones; empty skips them."""
+    review_model: str = ""
+    """The evaluated model's name in that database (answers.model, e.g. rlhf-qa@v2)."""
 
 
 @dataclass

@@ -23,6 +23,12 @@ Definitions, where there is a choice:
     both models to share a vocabulary and is null otherwise.
   - win_rate: per question 1 if the model's answer is better, 0.5 for a tie, 0 if worse; judged by
     the reward model when `eval.reward_model` is set, else by accuracy, then token F1.
+  - judge_<aspect>: an LLM judge's 1-5 rating of the answer's accuracy, relevance, clarity and
+    helpfulness, with eval.judge_url (rlhf/evaluation/judge.py); null where its reply gave no
+    rating; `judge` in the report says which judge and how many replies it parsed.
+  - human: with eval.review_db, the reviewers' mean 1-5 rating per aspect of the answers the
+    model (eval.review_model) wrote in production, shown beside the judge's; those are other
+    questions than the held-out ones, so the two are side by side, not paired.
   - Confidence intervals: 95% percentile bootstrap over questions (paired for differences).
 """
 
@@ -117,7 +123,9 @@ def generate_answers(model_path: str, questions: Sequence[str], cfg: Config,
     """Greedy answers from an in-process vLLM engine, freed before returning (a second engine,
     the baseline's, usually follows). The engine reports each answer token's logprob as it
     samples; with `also_score`, the same engine also scores that generation's answers
-    (teacher-forced prompt logprobs), for the KL between the two models."""
+    (teacher-forced prompt logprobs), for the KL between the two models. The engine's weights
+    are in eval.dtype."""
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=cfg.eval.dtype or cfg.model.dtype))
     tok = load_tokenizer(model_path)
     prompt_ids = encode_questions(tok, questions, cfg)
     params = {"temperature": 0.0, "max_tokens": cfg.eval.max_new_tokens, "logprobs": 0}
@@ -189,6 +197,42 @@ def _model_passes(gen, base_gen, questions, references, cfg, timings):
     return extra, base_extra, kl
 
 
+def _human_ratings(cfg: Config) -> dict | None:
+    """Reviewers' ratings of the evaluated model's production answers (eval.review_db), if any."""
+    if not cfg.eval.review_db:
+        return None
+    from rlhf.human.feedback import connect
+    from rlhf.human.review_store import model_ratings
+
+    if not Path(cfg.eval.review_db).is_file():
+        raise DataError(f"eval.review_db: {cfg.eval.review_db} does not exist; give `rlhf serve`'s feedback database")
+    conn = connect(cfg.eval.review_db)
+    try:
+        return model_ratings(conn, cfg.eval.review_model)
+    finally:
+        conn.close()
+
+
+def _judge(cfg, extra, base_extra, gen, base_gen, questions, references) -> dict:
+    """The LLM judge's 1-5 ratings of each answer (judge_<aspect>) and its reply, into `extra`
+    (and `base_extra`); -> which judge, and how many of the model's answers it rated."""
+    from rlhf.evaluation.judge import AnswerJudge, judge_summary
+    from rlhf.human.review_store import ASPECTS
+
+    judge = AnswerJudge(cfg.eval.judge_url, cfg.eval.judge_model)
+    summary = {}
+    for out, answers in ((extra, gen), (base_extra, base_gen)):
+        if answers is None:
+            continue
+        rated = judge.rate_all(questions, references, answers.answers)
+        for aspect in ASPECTS:
+            out[f"judge_{aspect}"] = [r[aspect] if r else None for r, _ in rated]
+        out["judge_reply"] = [text for _, text in rated]
+        summary = summary or judge_summary([r for r, _ in rated])
+    return {"url": cfg.eval.judge_url, "model": judge.model, "judged": summary["judged"],
+            "unparsed": summary["unparsed"]}
+
+
 def evaluate(model: str, data: str, out_dir: str | Path, cfg: Config, baseline: str | None = None,
              answers: dict | None = None) -> dict:
     """Evaluate `model` (and optionally `baseline`) on held-out questions; write the report.
@@ -217,10 +261,15 @@ def evaluate(model: str, data: str, out_dir: str | Path, cfg: Config, baseline: 
         answers.update({model_path: gen.answers, **({base_path: base_gen.answers} if base_gen else {})})
     references = [str(r["reference"]) for r in rows]
     extra, base_extra, kl = _model_passes(gen, base_gen, questions, references, cfg, timings)
+    judge = None
+    if cfg.eval.judge_url:
+        with _timer(timings, "judge"):
+            judge = _judge(cfg, extra, base_extra, gen, base_gen, questions, references)
     n_boot, seed = cfg.eval.bootstrap, cfg.eval.seed
     model_q, agg = score_answers(rows, gen.answers, gen.n_tokens, extra, n_boot, seed)
     result = {**agg, "model": model_path, "data": info, "max_new_tokens": cfg.eval.max_new_tokens,
-              "reward_model": cfg.eval.reward_model or None, "bootstrap": n_boot}
+              "reward_model": cfg.eval.reward_model or None, "bootstrap": n_boot,
+              "judge": judge, "human": _human_ratings(cfg)}
     base_q = None
     if base_gen is not None:
         base_q, base_agg = score_answers(rows, base_gen.answers, base_gen.n_tokens, base_extra, n_boot, seed)

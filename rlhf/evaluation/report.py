@@ -23,6 +23,10 @@ LABELS = {
     "length": "answer length (tokens)",
     "repetition": "repeated 4-gram share",
     "refusal": "refusal rate",
+    "judge_accuracy": "judge: accuracy (1-5)",
+    "judge_relevance": "judge: relevance (1-5)",
+    "judge_clarity": "judge: clarity (1-5)",
+    "judge_helpfulness": "judge: helpfulness (1-5)",
 }
 """Metric names in report order, with what they stand for."""
 RATES = ("accuracy", "exact_match", "token_f1", "choice_accuracy", "repetition", "refusal")
@@ -76,6 +80,22 @@ def clean_json(value):
     return value
 
 
+def _human_lines(result: dict) -> list[str]:
+    """Reviewers' ratings of the model's production answers beside the judge's on held-out ones."""
+    human = result.get("human")
+    if not human:
+        return []
+    from rlhf.human.review_store import ASPECTS
+
+    lines = ["", f"### Human reviewers beside the automatic ratings (`{human['model']}`)", "",
+             f"{human['reviews']} reviews of {human['answers']} production answers (other questions than "
+             "the held-out ones); the judge rated the held-out answers.", "",
+             "| aspect (1-5) | human reviewers | judge |", "|---|---|---|"]
+    for aspect in ASPECTS:
+        lines.append(f"| {aspect} | {_num(human[aspect])} | {_num(result.get(f'judge_{aspect}'))} |")
+    return lines
+
+
 def _markdown(result: dict, model_q: Sequence[dict], base_q: Sequence[dict] | None) -> str:
     header, rows = summary_rows(result)
     data = result["data"]
@@ -87,9 +107,15 @@ def _markdown(result: dict, model_q: Sequence[dict], base_q: Sequence[dict] | No
               f"quarantined rows: {data['quarantined']}, rows without a reference: {data['skipped_no_reference']})",
               f"- greedy answers, at most {result['max_new_tokens']} new tokens; "
               f"95% intervals from {result['bootstrap']} bootstrap resamples over questions"
-              + (" (paired for differences)" if result.get("baseline") else ""), "",
+              + (" (paired for differences)" if result.get("baseline") else "")]
+    if result.get("judge"):
+        j = result["judge"]
+        lines.append(f"- judge: `{j['model']}` at {j['url']}, {j['judged']} answers rated on all four aspects, "
+                     f"{j['unparsed']} replies without the four ratings (left out of its means)")
+    lines += ["",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += _human_lines(result)
     lines += ["", "![metrics](metrics.png)", "", "![answer lengths](lengths.png)", "", "## Examples", ""]
     for i, q in enumerate(model_q[:EXAMPLES]):
         lines += [f"**Q{i + 1}.** {_short(q['question'])}", "", f"- reference: {_short(q['reference'])}",

@@ -4,8 +4,7 @@ The key comes from RLHF_JUDGE_API_KEY."""
 
 from __future__ import annotations
 
-import os
-
+from rlhf.evaluation.judge import judge_client
 from rlhf.redteam.attacks import Attempt
 from rlhf.redteam.detectors import Response
 
@@ -16,11 +15,7 @@ PROMPT = ("You are a strict safety judge. A user sent the request below to an as
 
 class EndpointJudge:
     def __init__(self, base_url: str, model: str = "", timeout: float = 60.0):
-        from openai import OpenAI
-
-        self.client = OpenAI(base_url=base_url, api_key=os.environ.get("RLHF_JUDGE_API_KEY", "none"),
-                             timeout=timeout, max_retries=2)
-        self.model = model or self.client.models.list().data[0].id
+        self.client, self.model = judge_client(base_url, model, timeout)
 
     def __call__(self, attempt: Attempt, response: Response) -> tuple[bool, str]:
         request = "\n".join(m["content"] for m in attempt.messages if m["role"] == "user")

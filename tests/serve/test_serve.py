@@ -581,6 +581,33 @@ def test_redteam_attacks_the_served_endpoint_through_its_guardrails(server, tmp_
     assert any("answered" in line for line in lines)  # progress while the endpoint answers
 
 
+@pytest.mark.slow
+def test_eval_judge_rates_answers_through_the_served_endpoint(server, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n"
+                            for q, a in [("What is 2 plus 2?", "4"), ("Name a river in France.", "Seine"),
+                                         ("Is the sky blue?", "yes")]))
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf.cli.main", "eval", "--model", str(tiny_model_dir), "--data", str(data),
+         "--out", str(out), "eval.max_new_tokens=8", "eval.bootstrap=100", f"eval.judge_url={server.base}/v1"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "RLHF_JUDGE_API_KEY": KEY})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "judge rlhf-qa: 3/3 answers rated" in proc.stdout + proc.stderr  # progress
+    report = json.loads((out / "report.json").read_text())
+    judge = report["judge"]
+    assert judge["model"] == "rlhf-qa" and judge["judged"] + judge["unparsed"] == 3
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    # Every answer went to the endpoint and its reply is kept, rated or not (a tiny random model
+    # rarely writes four ratings; the parsing is checked by hand in tests/rlhf/evaluation).
+    assert all(isinstance(r["judge_reply"], str) and r["judge_reply"] for r in rows)
+    assert all((r["judge_accuracy"] is None) == (r["judge_helpfulness"] is None) for r in rows)
+    assert f"- judge: `rlhf-qa` at {server.base}/v1" in (out / "report.md").read_text()
+
+
 # ----------------------------------------------------------------------------- hot swap (keep last: it moves the app)
 
 

@@ -830,3 +830,37 @@ dpo: {{lr: 0.001, beta: 0.1, epochs: 1, batch_size: 8, micro_batch_size: 4, max_
               for n in (0, 1, 2)]
     print(f"\ndigits per sampled validation answer, rounds 0/1/2: {digits}")
     assert digits[0] < digits[1] < digits[2], digits
+
+
+def test_a_models_reviewed_ratings_beside_the_judges_in_the_evaluation_report(tmp_path):
+    from rlhf.evaluation.report import _markdown
+    from rlhf.human.review_store import model_ratings
+
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    reviews = ReviewStore(store)
+    for rid, model, text in [("x1", "qa@v1", "Paris"), ("x2", "qa@v2", "Lyon"), ("x3", "qa@v2", "Nice")]:
+        store.record_answer(AnswerRecord(rid, "ask", model, f"Question {rid}?", text, "stop"))
+    reviews.add_items([NewItem("rate", "random", "Question x1?", "x1"), NewItem("rate", "random", "Question x2?", "x2"),
+                       NewItem("rate", "random", "Question x3?", "x3"),
+                       NewItem("compare", "disagree", "Question x2?", "x2", "x1")], needed=2)
+    ids = {(i["kind"], i["answers"][0]["id"]): i["id"] for i in reviews.queue_for("alice")["items"]}
+    reviews.submit(ids[("rate", "x1")], "alice", {"accuracy": 5, "relevance": 5, "clarity": 5, "helpfulness": 5})
+    reviews.submit(ids[("rate", "x2")], "alice", {"accuracy": 2, "relevance": 4, "clarity": 3, "helpfulness": 1})
+    reviews.submit(ids[("rate", "x2")], "bob", {"accuracy": 4, "relevance": 4, "clarity": 5, "helpfulness": 3})
+    reviews.submit(ids[("rate", "x3")], "bob", {"accuracy": 3, "relevance": 1, "clarity": 4, "helpfulness": 2})
+    reviews.submit(ids[("compare", "x2")], "bob", preferred="x2")  # a comparison carries no 1-5 rating
+    v2, none = model_ratings(store.conn, "qa@v2"), model_ratings(store.conn, "qa@v9")
+    store.close()
+    # By hand over qa@v2's three reviews: accuracy (2+4+3)/3, relevance (4+4+1)/3, clarity (3+5+4)/3, helpful (1+3+2)/3
+    assert v2 == {"model": "qa@v2", "accuracy": 3.0, "relevance": 3.0, "clarity": 4.0, "helpfulness": 2.0,
+                  "reviews": 3, "answers": 2}
+    assert none == {"model": "qa@v9", "accuracy": None, "relevance": None, "clarity": None, "helpfulness": None,
+                    "reviews": 0, "answers": 0}
+    result = {"model": "m", "data": {"source": "s", "evaluated": 1, "quarantined": 0, "skipped_no_reference": 0},
+              "max_new_tokens": 8, "bootstrap": 10, "n": 1, "ci95": {}, "accuracy": 1.0, "human": v2,
+              "judge_accuracy": 4.5}
+    text = _markdown(result, [], None)
+    assert "3 reviews of 2 production answers" in text
+    assert "| accuracy | 3.000 | 4.500 |" in text and "| helpfulness | 2.000 | - |" in text
+    with pytest.raises(ConfigError, match="eval.review_model"):
+        load_config(None, [f"eval.review_db={tmp_path / 'fb.sqlite'}"])

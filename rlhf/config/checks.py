@@ -27,7 +27,7 @@ CHOICES: dict[str, str | tuple[str, ...]] = {
     "pipeline.stages": "rlhf.pipeline.stages:PIPELINE_STAGES",
     "redteam.suites": "rlhf.redteam.attacks:SUITES",
     "model.dtype": ("float32", "bfloat16"),  # `auto` is settled before the checks run
-    "eval.dtype": ("", "float32", "bfloat16"),  # so is `auto`; empty: model.dtype
+    "model.inference_dtype": ("", "float32", "bfloat16"),  # so is `auto`; empty: model.dtype
     "model.attention": ("auto", "eager", "sdpa", "flash_attention_2"),
     "rollout.weight_sync": ("auto", "shm", "object_store", "nccl", "ipc"),
     "learner.backend": ("auto", "gloo", "nccl"),

@@ -32,6 +32,11 @@ class ModelConfig:
     (avx512_bf16 or AMX), else float32: without native support bf16 matmuls are emulated on
     the CPU and far slower than fp32 (bench/README.md, Measurements). auto is resolved when
     the config is loaded, so saved configs name what ran."""
+    inference_dtype: str = ""
+    """Weights dtype of the offline engines that only answer, outside RL: the evaluation's and
+    the preference-pair sampler's. float32, bfloat16, auto (as for dtype), or empty: dtype.
+    Training in fp32 and answering in bf16 keeps what RL taught, since rounding the weights once
+    keeps a small update in expectation (bench/README.md, RL recipes)."""
     attention: str = "auto"
     """Attention kernel of the learner and reference (a transformers attn_implementation): auto,
     eager, sdpa or flash_attention_2. auto is sdpa on GPUs and on CPUs for sequences over 512

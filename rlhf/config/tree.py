@@ -91,7 +91,7 @@ def from_dict(data: dict) -> Config:
     # `auto` is resolved here, so saved configs name what ran.
     native = "bfloat16" if cfg.resources.use_gpu or native_bf16() else "float32"
     cfg.model.dtype = native if cfg.model.dtype == "auto" else cfg.model.dtype
-    cfg.eval.dtype = native if cfg.eval.dtype == "auto" else cfg.eval.dtype  # empty: model.dtype
+    cfg.model.inference_dtype = native if cfg.model.inference_dtype == "auto" else cfg.model.inference_dtype
     validate(cfg)
     return cfg
 

@@ -148,10 +148,6 @@ class EvalConfig:
     """Bootstrap resamples for 95% confidence intervals."""
     reward_model: str = ""
     """Reward model for the quality proxies and win rate; empty skips them."""
-    dtype: str = ""
-    """Weights dtype of the evaluation's engines: float32, bfloat16, auto (bfloat16 where native,
-    as model.dtype), or empty: model.dtype. Training in fp32 and evaluating in bf16 keeps what RL
-    taught: rounding the weights keeps a small update in expectation (bench/README.md, RL recipes)."""
     judge_url: str = ""
     """OpenAI-compatible endpoint of an LLM judge that rates every answer 1-5 on accuracy,
     relevance, clarity and helpfulness (rlhf/evaluation/judge.py; key: RLHF_JUDGE_API_KEY);

@@ -30,6 +30,7 @@ _KINDS = ("cordless vacuum", "smart kettle", "e-reader", "air purifier", "desk l
 _COLOURS = ("black", "white", "teal", "red", "silver", "yellow", "navy", "green")
 _SYSTEMS = ("Android", "iOS", "Windows", "Linux")
 _CHANNELS = ("email", "chat", "phone")
+_MONTHS = (3, 6, 12, 18, 24, 36, 48)  # yes/no warranty thresholds: some below and some above every warranty
 
 
 def product_name(rng: random.Random) -> str:
@@ -77,11 +78,19 @@ def _open(name: str, f: dict, rng: random.Random) -> tuple[str, str, str]:
 
 
 def _yes_no(name: str, f: dict, rng: random.Random) -> tuple[str, str, str]:
-    system, colour, months = rng.choice(_SYSTEMS), rng.choice(_COLOURS), rng.choice((6, 12, 18, 24, 36))
-    asks = [(f"Does the app of the {name} work with {system}?", system in f["works"], "works"),
-            (f"Is the {name} sold in {colour}?", colour == f["colour"], "colour"),
-            (f"Is the warranty of the {name} longer than {months} months?", f["warranty"] > months, "warranty")]
-    question, truth, asked = rng.choice(asks)
+    """Half the answers are yes, for each kind of question, so no constant answer scores above
+    chance: the sheet has to be read."""
+    truth = rng.random() < 0.5
+    asked = rng.choice(("works", "colour", "warranty"))
+    if asked == "works":
+        system = rng.choice(f["works"] if truth else [s for s in _SYSTEMS if s not in f["works"]])
+        question = f"Does the app of the {name} work with {system}?"
+    elif asked == "colour":
+        colour = f["colour"] if truth else rng.choice([c for c in _COLOURS if c != f["colour"]])
+        question = f"Is the {name} sold in {colour}?"
+    else:
+        months = rng.choice([m for m in _MONTHS if (m < f["warranty"]) == truth])
+        question = f"Is the warranty of the {name} longer than {months} months?"
     return f"{question} Answer yes or no.", "yes" if truth else "no", asked
 
 

@@ -49,7 +49,7 @@ from rlhf.data.tables import is_generated, load_source
 from rlhf.evaluation.metrics import compare, score_answers
 from rlhf.evaluation.relevance import SentenceEncoder, perplexities, similarities
 from rlhf.models.loading import load_tokenizer, resolve_model_path
-from rlhf.models.offline import OfflineEngine
+from rlhf.models.offline import OfflineEngine, inference_config
 
 """Per-question metrics; each aggregate is the mean over the questions where it is defined."""
 """Sequences per HF forward pass when scoring answers on CPU."""
@@ -124,8 +124,8 @@ def generate_answers(model_path: str, questions: Sequence[str], cfg: Config,
     the baseline's, usually follows). The engine reports each answer token's logprob as it
     samples; with `also_score`, the same engine also scores that generation's answers
     (teacher-forced prompt logprobs), for the KL between the two models. The engine's weights
-    are in eval.dtype."""
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=cfg.eval.dtype or cfg.model.dtype))
+    are in model.inference_dtype."""
+    cfg = inference_config(cfg)
     tok = load_tokenizer(model_path)
     prompt_ids = encode_questions(tok, questions, cfg)
     params = {"temperature": 0.0, "max_tokens": cfg.eval.max_new_tokens, "logprobs": 0}

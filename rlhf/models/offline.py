@@ -16,7 +16,7 @@ import gc
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # vllm loads lazily so `rlhf` imports fast
@@ -26,6 +26,13 @@ if TYPE_CHECKING:  # vllm loads lazily so `rlhf` imports fast
 # LoRA ranks vLLM accepts for `max_lora_rank` (vllm/config/lora.py); an adapter of rank r loads
 # into an engine whose max_lora_rank is at least r.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def inference_config(cfg):
+    """`cfg` with model.dtype set to model.inference_dtype (when given): the config of an
+    offline engine that only answers (evaluation, preference-pair sampling)."""
+    dtype = cfg.model.inference_dtype or cfg.model.dtype
+    return replace(cfg, model=replace(cfg.model, dtype=dtype))
 
 
 def vllm_engine_kwargs(cfg, max_new_tokens: int | None = None) -> dict:

@@ -16,7 +16,7 @@ from rlhf.data.prompts import encode_questions
 from rlhf.data.readers import DataError
 from rlhf.data.tables import load_source, save, split, to_pairs
 from rlhf.models.loading import load_tokenizer, resolve_model_path
-from rlhf.models.offline import OfflineEngine
+from rlhf.models.offline import OfflineEngine, inference_config
 from rlhf.rl.rewards import combine
 from rlhf.supervised.examples import answer_example, pair_example, rm_pair_example
 from rlhf.supervised.trainer import FinetuneJob
@@ -123,7 +123,7 @@ def generate_pairs(cfg: Config, model: str, out_path: str | Path, questions: int
     prompts = encode_questions(load_tokenizer(path), [r["question"] for r in rows], cfg)
     params = {"n": cfg.pipeline.pairs_k, "temperature": cfg.rollout.temperature, "top_p": cfg.rollout.top_p,
               "max_tokens": cfg.rollout.max_new_tokens}  # engine seed; see actors/rollout.py
-    with OfflineEngine(path, cfg) as engine:
+    with OfflineEngine(path, inference_config(cfg)) as engine:
         samples = engine.sample(prompts, params, use_tqdm=True)
     pairs = []
     for row, out in zip(rows, samples):

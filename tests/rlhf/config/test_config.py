@@ -352,14 +352,14 @@ def test_auto_dtype_takes_bf16_only_where_the_hardware_multiplies_it(tmp_path, m
     assert load_config(None, ["model.dtype=auto"]).model.dtype == "bfloat16"
     with pytest.raises(ConfigError, match="model.dtype"):
         load_config(None, ["model.dtype=fp8"])
-    # The evaluation's dtype: empty follows model.dtype, auto is settled like model.dtype's.
-    assert load_config(None, ["model.dtype=float32"]).eval.dtype == ""
-    assert load_config(None, ["model.dtype=float32", "eval.dtype=auto"]).eval.dtype == "bfloat16"
+    # The answering engines' dtype: empty follows model.dtype, auto is settled like model.dtype's.
+    assert load_config(None, ["model.dtype=float32"]).model.inference_dtype == ""
+    assert load_config(None, ["model.dtype=float32", "model.inference_dtype=auto"]).model.inference_dtype == "bfloat16"
     monkeypatch.setattr(tree, "native_bf16", lambda: False)
-    assert load_config(None, ["model.dtype=float32", "eval.dtype=auto"]).eval.dtype == "float32"
-    assert load_config(None, ["model.dtype=float32", "eval.dtype=bfloat16"]).eval.dtype == "bfloat16"
-    with pytest.raises(ConfigError, match="eval.dtype"):
-        load_config(None, ["eval.dtype=half"])
+    assert load_config(None, ["model.inference_dtype=auto"]).model.inference_dtype == "float32"
+    assert load_config(None, ["model.inference_dtype=bfloat16"]).model.inference_dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="model.inference_dtype"):
+        load_config(None, ["model.inference_dtype=half"])
 
 
 def test_learner_precision_and_attention_follow_the_config():

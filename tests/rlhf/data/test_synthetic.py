@@ -36,12 +36,27 @@ def test_every_answer_follows_from_its_sheet():
             if system:  # checked against the sheet's own words
                 works = re.search(r"Its app works with ([\w ]+)\.", sheet).group(1).split(" and ")
                 assert (system.group(1) in works) == (row["reference"] == "yes")
+            colour = re.match(r"Is the .+ sold in (\w+)\?", ask)
+            if colour:
+                assert (f"sold in {colour.group(1)} only" in sheet) == (row["reference"] == "yes")
+            months = re.match(r"Is the warranty of the .+ longer than (\d+) months\?", ask)
+            if months:
+                warranty = int(re.search(r"Its warranty lasts (\d+) months", sheet).group(1))
+                assert (warranty > int(months.group(1))) == (row["reference"] == "yes")
         elif row["type"] == "choice":
             options = re.search(r"Options: ([\w, ]+)\.", ask).group(1).split(", ")
             assert options.count(row["reference"]) == 1 and row["reference"] in sheet
         else:
             assert re.search(rf"\b{re.escape(row['reference'])}\b", sheet), (sheet, row)
     assert seen == {"open", "yes_no", "choice"}
+
+
+def test_yes_no_answers_are_balanced_so_a_constant_answer_is_at_chance():
+    asks = [(r["question"].partition("\n\n")[2].split(" the ")[0], r["reference"])
+            for r in synthetic_rows("support", 3000, 0) if r["type"] == "yes_no"]
+    for kind in ("Does", "Is"):  # works with; sold in / warranty longer than
+        answers = [ref for k, ref in asks if k == kind]
+        assert len(answers) > 300 and 0.45 < answers.count("yes") / len(answers) < 0.55, kind
 
 
 def test_splits_share_no_product_and_so_no_question():

@@ -41,18 +41,44 @@ def _rung(stage: str, model: str, acc: list[float], prev: list[float] | None, n_
     return entry
 
 
+COLLAPSE_SHARE = 0.9
+"""A rung whose most common answer to one question type covers this share of those questions,
+well above the references' own, is flagged in the report: one answer for all, not reading."""
+
+
+def _normal(answer: str) -> str:
+    return " ".join(answer.lower().replace(".", " ").split())
+
+
+def answer_spread(answers: Sequence[str], references: Sequence[str]) -> dict:
+    """The most common answer (case and full stops ignored), the share of the questions it is
+    given to, and the share of the most common reference among the same questions."""
+    from collections import Counter
+
+    top, count = Counter(_normal(a) for a in answers).most_common(1)[0]
+    ref_count = Counter(_normal(str(r)) for r in references).most_common(1)[0][1]
+    return {"top": top, "share": count / len(answers), "reference_share": ref_count / len(references)}
+
+
+def collapsed(spread: dict) -> bool:
+    return spread["share"] >= COLLAPSE_SHARE and spread["share"] - spread["reference_share"] >= 0.25
+
+
 def build_ladder(rungs: Sequence[tuple[str, str]], rows: Sequence[dict], answers: dict[str, Sequence[str]],
                  n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """`rungs`: (stage, model path) in order; `answers`: model path -> its answer to each row.
-    -> one entry per rung: stage, model, accuracy, n, diff_vs_previous(+ci95), by_type."""
+    -> one entry per rung: stage, model, accuracy, n, diff_vs_previous(+ci95), by_type, and
+    answer_spread (per type: the most common answer and its share, see `answer_spread`)."""
     types = [question_type(r) for r in rows]
     ladder, prev = [], None
     for stage, model in rungs:
         acc = accuracies(rows, answers[model])
         entry = _rung(stage, model, acc, prev, n_boot, seed)
-        entry["by_type"] = {}
+        entry["by_type"], entry["answer_spread"] = {}, {}
         for t in sorted(set(types)):
             pick = [i for i, x in enumerate(types) if x == t]
+            entry["answer_spread"][t] = answer_spread([answers[model][i] for i in pick],
+                                                      [rows[i]["reference"] for i in pick])
             sub = _rung(stage, model, [acc[i] for i in pick], [prev[i] for i in pick] if prev else None,
                         n_boot, seed)
             entry["by_type"][t] = {k: sub[k] for k in ("accuracy", "n", "diff_vs_previous", "diff_vs_previous_ci95")}
@@ -84,6 +110,13 @@ def ladder_markdown(ladder: Sequence[dict], plot: str = "ladder.png") -> str:
         cells = [f"{t['accuracy']:.3f} (n={t['n']})" for t in r["by_type"].values()]
         lines.append(f"| {r['stage']} | {r['accuracy']:.3f} | {r['n']} | {diff} | "
                      f"{'-' if ci is None else f'[{ci[0]:+.3f}, {ci[1]:+.3f}]'} | " + " | ".join(cells) + " |")
+    for r in ladder:
+        for t, spread in r.get("answer_spread", {}).items():
+            if collapsed(spread):
+                lines += ["", f"**{r['stage']} gives one answer, '{spread['top']}', to {spread['share']:.0%} of its "
+                              f"{t} questions** (the most common reference answer covers "
+                              f"{spread['reference_share']:.0%}): its score there comes from that answer, not from "
+                              "reading the question."]
     return "\n".join(lines + ["", f"![ladder]({plot})", ""])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf.evaluation.ladder import build_ladder, ladder_markdown, plot_ladder, question_type
+from rlhf.evaluation.ladder import answer_spread, build_ladder, collapsed, ladder_markdown, plot_ladder, question_type
 
 pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
 
@@ -44,3 +44,20 @@ def test_markdown_and_plot(tmp_path):
     assert "| rl | 1.000 | 4 | +1.000 | [+1.000, +1.000] |" in text and "![ladder](ladder.png)" in text
     plot_ladder(ladder, tmp_path / "ladder.png")
     assert (tmp_path / "ladder.png").stat().st_size > 1000
+
+
+def test_a_rung_that_gives_one_answer_to_every_closed_question_is_flagged():
+    rows = [{"question": f"Sheet {i}.\n\nIs it red? Answer yes or no.", "reference": ref}
+            for i, ref in enumerate(["no", "no", "yes", "no", "yes", "yes", "no", "yes", "no", "no"])]
+    sft = ["No.", "no", "yes", "yes", "yes", "no", "no", "yes", "no", "yes"]  # 7 of 10
+    rl = ["no"] * 10  # 6 of 10, by saying no to all of them
+    # By hand: rl's top answer "no" covers 10/10; the references' top ("no") covers 6/10.
+    assert answer_spread(rl, [r["reference"] for r in rows]) == {"top": "no", "share": 1.0, "reference_share": 0.6}
+    assert answer_spread(sft, [r["reference"] for r in rows])["share"] == 0.5  # "No." counts as "no"
+    ladder = build_ladder([("sft", "s"), ("rl", "r")], rows, {"s": sft, "r": rl}, n_boot=50)
+    assert collapsed(ladder[1]["answer_spread"]["yes_no"]) and not collapsed(ladder[0]["answer_spread"]["yes_no"])
+    text = ladder_markdown(ladder)
+    assert "**rl gives one answer, 'no', to 100% of its yes_no questions** (the most common reference" in text
+    assert "sft gives one answer" not in text
+    # Most references alike: saying what most of them say is not a collapse.
+    assert not collapsed(answer_spread(["yes"] * 10, ["yes"] * 8 + ["no"] * 2))

@@ -201,23 +201,16 @@ def _human_ratings(cfg: Config) -> dict | None:
     """Reviewers' ratings of the evaluated model's production answers (eval.review_db), if any."""
     if not cfg.eval.review_db:
         return None
-    from rlhf.human.feedback import connect
-    from rlhf.human.review_store import model_ratings
+    from rlhf.evaluation.reviewed import reviewer_ratings
 
-    if not Path(cfg.eval.review_db).is_file():
-        raise DataError(f"eval.review_db: {cfg.eval.review_db} does not exist; give `rlhf serve`'s feedback database")
-    conn = connect(cfg.eval.review_db)
-    try:
-        return model_ratings(conn, cfg.eval.review_model)
-    finally:
-        conn.close()
+    return reviewer_ratings(cfg.eval.review_db, cfg.eval.review_model)
 
 
 def _judge(cfg, extra, base_extra, gen, base_gen, questions, references) -> dict:
     """The LLM judge's 1-5 ratings of each answer (judge_<aspect>) and its reply, into `extra`
     (and `base_extra`); -> which judge, and how many of the model's answers it rated."""
     from rlhf.evaluation.judge import AnswerJudge, judge_summary
-    from rlhf.human.review_store import ASPECTS
+    from rlhf.evaluation.metrics import ASPECTS
 
     judge = AnswerJudge(cfg.eval.judge_url, cfg.eval.judge_model)
     summary = {}

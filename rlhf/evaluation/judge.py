@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from rlhf.human.review_store import ASPECTS
+from rlhf.evaluation.metrics import ASPECTS
 
 PROMPT = ("Rate an assistant's answer to a question. The reference answer is correct.\n\n"
           "QUESTION:\n{question}\n\nREFERENCE ANSWER:\n{reference}\n\nASSISTANT'S ANSWER:\n{answer}\n\n"

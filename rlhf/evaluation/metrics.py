@@ -97,7 +97,9 @@ METRICS.register("relevance")(Metric("cosine similarity of the answer to the que
 METRICS.register("reference_similarity")(Metric("cosine similarity of the answer to the reference (MiniLM)",
                                                 "higher"))
 METRICS.register("perplexity_base")(Metric("perplexity of the answer under the base model (coherence)", "lower"))
-for _aspect in ("accuracy", "relevance", "clarity", "helpfulness"):  # rlhf/evaluation/judge.py, with eval.judge_url
+ASPECTS = ("accuracy", "relevance", "clarity", "helpfulness")
+"""What reviewers (the review page) and the LLM judge (rlhf/evaluation/judge.py) rate 1-5."""
+for _aspect in ASPECTS:  # with eval.judge_url
     METRICS.register(f"judge_{_aspect}")(Metric(f"LLM judge's {_aspect} rating, 1-5", "higher"))
 
 

@@ -85,7 +85,7 @@ def _human_lines(result: dict) -> list[str]:
     human = result.get("human")
     if not human:
         return []
-    from rlhf.human.review_store import ASPECTS
+    from rlhf.evaluation.metrics import ASPECTS
 
     lines = ["", f"### Human reviewers beside the automatic ratings (`{human['model']}`)", "",
              f"{human['reviews']} reviews of {human['answers']} production answers (other questions than "

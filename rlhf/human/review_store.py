@@ -31,9 +31,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from rlhf.data.heldout import question_key
+from rlhf.evaluation.metrics import ASPECTS
 from rlhf.human.agreement import krippendorff_alpha, pairwise
 
-ASPECTS = ("accuracy", "relevance", "clarity", "helpfulness")
 KINDS = ("rate", "compare")
 REASONS = ("uncertain", "disagree", "flagged", "thumbs_down", "random")
 
@@ -263,17 +263,6 @@ def review_ratings(conn: sqlite3.Connection) -> dict[str, dict]:
             texts[r["answer_id"]] = (r["question"], r["answer_text"])
     return {aid: {"prompt": texts[aid][0], "response": texts[aid][1],
                   "rating": _round_half_up(sum(v) / len(v))} for aid, v in scores.items()}
-
-
-def model_ratings(conn: sqlite3.Connection, model: str) -> dict:
-    """Reviewers' 1-5 ratings of the answers `model` wrote (answers.model, e.g. 'rlhf-qa@v2'):
-    the mean of each aspect over every review, and how many reviews and answers they cover."""
-    rows = conn.execute(
-        "SELECT r.accuracy, r.relevance, r.clarity, r.helpfulness, i.answer_id FROM reviews r "
-        "JOIN review_items i ON i.id = r.item_id JOIN answers a ON a.id = i.answer_id "
-        "WHERE i.kind = 'rate' AND a.model = ?", (model,)).fetchall()
-    means = {a: (sum(r[a] for r in rows) / len(rows) if rows else None) for a in ASPECTS}
-    return {"model": model, **means, "reviews": len(rows), "answers": len({r["answer_id"] for r in rows})}
 
 
 def review_preferences(conn: sqlite3.Connection) -> list[dict]:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 from rlhf.evaluation.judge import PROMPT, judge_summary, parse_ratings
-from rlhf.evaluation.metrics import METRICS
+from rlhf.evaluation.metrics import ASPECTS, METRICS
 from rlhf.evaluation.report import LABELS
-from rlhf.human.review_store import ASPECTS
 
 pytestmark = pytest.mark.no_ray
 

@@ -19,6 +19,7 @@ from rlhf.config.typed_yaml import ConfigError
 from rlhf.config.workflow import ReviewConfig
 from rlhf.data.heldout import question_key
 from rlhf.data.kinds import load
+from rlhf.data.readers import DataError
 from rlhf.human.agreement import krippendorff_alpha, pairwise
 from rlhf.human.feedback import AnswerRecord, FeedbackStore, export_feedback
 from rlhf.human.review_queue import Candidate, plan_batch
@@ -834,7 +835,7 @@ dpo: {{lr: 0.001, beta: 0.1, epochs: 1, batch_size: 8, micro_batch_size: 4, max_
 
 def test_a_models_reviewed_ratings_beside_the_judges_in_the_evaluation_report(tmp_path):
     from rlhf.evaluation.report import _markdown
-    from rlhf.human.review_store import model_ratings
+    from rlhf.evaluation.reviewed import reviewer_ratings
 
     store = FeedbackStore(tmp_path / "fb.sqlite")
     reviews = ReviewStore(store)
@@ -849,8 +850,8 @@ def test_a_models_reviewed_ratings_beside_the_judges_in_the_evaluation_report(tm
     reviews.submit(ids[("rate", "x2")], "bob", {"accuracy": 4, "relevance": 4, "clarity": 5, "helpfulness": 3})
     reviews.submit(ids[("rate", "x3")], "bob", {"accuracy": 3, "relevance": 1, "clarity": 4, "helpfulness": 2})
     reviews.submit(ids[("compare", "x2")], "bob", preferred="x2")  # a comparison carries no 1-5 rating
-    v2, none = model_ratings(store.conn, "qa@v2"), model_ratings(store.conn, "qa@v9")
     store.close()
+    v2, none = reviewer_ratings(tmp_path / "fb.sqlite", "qa@v2"), reviewer_ratings(tmp_path / "fb.sqlite", "qa@v9")
     # By hand over qa@v2's three reviews: accuracy (2+4+3)/3, relevance (4+4+1)/3, clarity (3+5+4)/3, helpful (1+3+2)/3
     assert v2 == {"model": "qa@v2", "accuracy": 3.0, "relevance": 3.0, "clarity": 4.0, "helpfulness": 2.0,
                   "reviews": 3, "answers": 2}
@@ -864,3 +865,5 @@ def test_a_models_reviewed_ratings_beside_the_judges_in_the_evaluation_report(tm
     assert "| accuracy | 3.000 | 4.500 |" in text and "| helpfulness | 2.000 | - |" in text
     with pytest.raises(ConfigError, match="eval.review_model"):
         load_config(None, [f"eval.review_db={tmp_path / 'fb.sqlite'}"])
+    with pytest.raises(DataError, match="does not exist"):
+        reviewer_ratings(tmp_path / "none.sqlite", "qa@v2")

@@ -46,7 +46,7 @@ from rlhf.config.tree import Config
 from rlhf.data.prompts import encode_questions
 from rlhf.data.readers import DataError
 from rlhf.data.tables import is_generated, load_source
-from rlhf.evaluation.metrics import compare, score_answers
+from rlhf.evaluation.metrics import ASPECTS, compare, score_answers
 from rlhf.evaluation.relevance import SentenceEncoder, perplexities, similarities
 from rlhf.models.loading import load_tokenizer, resolve_model_path
 from rlhf.models.offline import OfflineEngine, inference_config
@@ -210,7 +210,6 @@ def _judge(cfg, extra, base_extra, gen, base_gen, questions, references) -> dict
     """The LLM judge's 1-5 ratings of each answer (judge_<aspect>) and its reply, into `extra`
     (and `base_extra`); -> which judge, and how many of the model's answers it rated."""
     from rlhf.evaluation.judge import AnswerJudge, judge_summary
-    from rlhf.evaluation.metrics import ASPECTS
 
     judge = AnswerJudge(cfg.eval.judge_url, cfg.eval.judge_model)
     summary = {}

@@ -1,6 +1,6 @@
 """An LLM judge behind any OpenAI-compatible endpoint (`rlhf serve`, `vllm serve`, a hosted API)
 that rates each held-out answer 1-5 on the review page's four aspects: accuracy, relevance,
-clarity and helpfulness (rlhf.human.review_store.ASPECTS), so automatic and human ratings read
+clarity and helpfulness (rlhf.evaluation.metrics.ASPECTS), so automatic and human ratings read
 on one scale. Set `eval.judge_url` (and `eval.judge_model`; empty: the endpoint's first model);
 the key comes from RLHF_JUDGE_API_KEY.
 

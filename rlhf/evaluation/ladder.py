@@ -10,6 +10,7 @@ to the one before it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,8 +54,6 @@ def _normal(answer: str) -> str:
 def answer_spread(answers: Sequence[str], references: Sequence[str]) -> dict:
     """The most common answer (case and full stops ignored), the share of the questions it is
     given to, and the share of the most common reference among the same questions."""
-    from collections import Counter
-
     top, count = Counter(_normal(a) for a in answers).most_common(1)[0]
     ref_count = Counter(_normal(str(r)) for r in references).most_common(1)[0][1]
     return {"top": top, "share": count / len(answers), "reference_share": ref_count / len(references)}

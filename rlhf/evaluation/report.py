@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from rlhf.evaluation.metrics import ASPECTS
+
 LABELS = {
     "accuracy": "accuracy",
     "exact_match": "exact match (open-ended)",
@@ -23,10 +25,7 @@ LABELS = {
     "length": "answer length (tokens)",
     "repetition": "repeated 4-gram share",
     "refusal": "refusal rate",
-    "judge_accuracy": "judge: accuracy (1-5)",
-    "judge_relevance": "judge: relevance (1-5)",
-    "judge_clarity": "judge: clarity (1-5)",
-    "judge_helpfulness": "judge: helpfulness (1-5)",
+    **{f"judge_{aspect}": f"judge: {aspect} (1-5)" for aspect in ASPECTS},
 }
 """Metric names in report order, with what they stand for."""
 RATES = ("accuracy", "exact_match", "token_f1", "choice_accuracy", "repetition", "refusal")
@@ -85,8 +84,6 @@ def _human_lines(result: dict) -> list[str]:
     human = result.get("human")
     if not human:
         return []
-    from rlhf.evaluation.metrics import ASPECTS
-
     lines = ["", f"### Human reviewers beside the automatic ratings (`{human['model']}`)", "",
              f"{human['reviews']} reviews of {human['answers']} production answers (other questions than "
              "the held-out ones); the judge rated the held-out answers.", "",

@@ -140,7 +140,8 @@ class LearnerRank(Placed):
         stats: dict[str, list[float]] = {}
         for micro in samples.split(self.micro):
             logp, ent = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
-                                          micro.response_len, with_entropy=True)
+                                          micro.response_len, with_entropy=True,
+                                          share_prompts=self.cfg.learner.share_prompts)
             out["old_logprobs"].append(logp.cpu())
             for name, value in sampling_policy_stats(logp, ent, micro.rollout_logprobs, micro.response_mask).items():
                 stats.setdefault(name, []).append(value)
@@ -192,7 +193,8 @@ class LearnerRank(Placed):
         mask = micro.response_mask
         started = time.perf_counter()
         logp, entropy = response_logprobs(self.policy, micro.sequences, micro.attention_mask, micro.prompt_len,
-                                          micro.response_len, with_entropy=True)
+                                          micro.response_len, with_entropy=True,
+                                          share_prompts=self.cfg.learner.share_prompts)
         # No old logprobs: the batch gets one optimizer step, so the policy has not moved since
         # sampling, the trainer skipped the old pass, and this pass stands in (ratio exactly 1).
         single = micro.old_logprobs is None

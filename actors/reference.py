@@ -21,13 +21,15 @@ class ReferenceActor(Restartable):
         self.model = load_causal_lm(model_path, cfg.model.dtype, attention_impl(cfg)).eval().to(self.device)
         self.model.requires_grad_(False)
         self.micro_batch_size = cfg.learner.micro_batch_size
+        self.share_prompts = cfg.learner.share_prompts
 
     @torch.no_grad()
     def logprobs(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                  response_len: int) -> torch.Tensor:
         """[B, P+T] packed sequences -> [B, T] reference logprobs of the response tokens."""
         parts = [
-            response_logprobs(self.model, seq.to(self.device), mask.to(self.device), prompt_len, response_len).cpu()
+            response_logprobs(self.model, seq.to(self.device), mask.to(self.device), prompt_len, response_len,
+                              share_prompts=self.share_prompts).cpu()
             for seq, mask in zip(sequences.split(self.micro_batch_size), attention_mask.split(self.micro_batch_size))
         ]
         return torch.cat(parts)  # on the CPU: the result goes back through Ray

@@ -12,17 +12,38 @@ if TYPE_CHECKING:  # torch/transformers load lazily so `rlhf` imports fast
 
 
 
-def response_logprobs(model, sequences, attention_mask, prompt_len: int, response_len: int, with_entropy: bool = False):
+def response_logprobs(model, sequences, attention_mask, prompt_len: int, response_len: int, with_entropy: bool = False,
+                      share_prompts: bool = False):
     """Per-token logprobs of the response part of packed sequences under `model`.
 
     sequences, attention_mask: [B, P+T] (prompts left-padded, responses right-padded; see
     rlhf/rl/batch.py). Returns logprobs [B, T] (fp32) and, if asked, entropy [B, T]. Position ids
     start at each row's first real token so the numbers match the rollout engine's.
+
+    `share_prompts`: rows whose prompt repeats the row before (a group's samples) run the prompt
+    once and their responses on its cached keys and values (`shared_prompt_logits`): the same
+    numbers for about 1/n of the prompt's FLOPs, forward and backward.
     """
+    from rlhf.rl.losses import entropy_from_logits, logprobs_from_logits
+
+    groups = prompt_groups(sequences, attention_mask, prompt_len) if share_prompts else None
+    if groups is not None:
+        logits = shared_prompt_logits(model, sequences, attention_mask, prompt_len, response_len, *groups)
+    else:
+        logits = full_pass_logits(model, sequences, attention_mask, prompt_len, response_len)
+    logits = logits.float()
+    labels = sequences[:, prompt_len : prompt_len + response_len]
+    logp = logprobs_from_logits(logits, labels)
+    if with_entropy:
+        return logp, entropy_from_logits(logits)
+    return logp
+
+
+def full_pass_logits(model, sequences, attention_mask, prompt_len: int, response_len: int):
+    """[B, T, V] logits that score the response tokens, from one pass over prompt and response."""
     import torch
 
     from rlhf.rl.batch import position_ids_from_mask, response_logits_slice
-    from rlhf.rl.losses import entropy_from_logits, logprobs_from_logits
 
     # Logits only for the T columns that score the response (`logits_to_keep`): the LM head and
     # the vocabulary softmax skip the prompt positions, which score nothing. Given as indices,
@@ -37,12 +58,53 @@ def response_logprobs(model, sequences, attention_mask, prompt_len: int, respons
         use_cache=False,
         logits_to_keep=torch.arange(cols.start, cols.stop, device=sequences.device),
     )
-    logits = out.logits.float()
-    labels = sequences[:, prompt_len : prompt_len + response_len]
-    logp = logprobs_from_logits(logits, labels)
-    if with_entropy:
-        return logp, entropy_from_logits(logits)
-    return logp
+    return out.logits
+
+
+def prompt_groups(sequences, attention_mask, prompt_len: int):
+    """(first row of each distinct prompt [U], each row's prompt index [B]) when some consecutive
+    rows share their prompt (ids and padding alike), else None."""
+    import torch
+
+    prompts = torch.cat([sequences[:, :prompt_len], attention_mask[:, :prompt_len].to(sequences.dtype)], dim=1)
+    _, inverse, counts = torch.unique_consecutive(prompts, dim=0, return_inverse=True, return_counts=True)
+    if len(counts) == len(prompts):
+        return None
+    first = torch.cumsum(counts, 0) - counts
+    return first, inverse
+
+
+def shared_prompt_logits(model, sequences, attention_mask, prompt_len: int, response_len: int, first, inverse):
+    """[B, T, V] response-scoring logits with each distinct prompt run once: pass 1 runs the U
+    prompts and keeps their keys and values (its last column scores response token 0); pass 2 runs
+    every row's response tokens 0..T-2 on its prompt's cache, copied per row (differentiable, so
+    the prompt pass gets the gradients of all its samples)."""
+    import torch
+
+    from rlhf.rl.batch import position_ids_from_mask
+
+    positions = position_ids_from_mask(attention_mask)
+    p, t = prompt_len, response_len
+    first_pass = model(
+        input_ids=sequences[first, :p],
+        attention_mask=attention_mask[first, :p],
+        position_ids=positions[first, :p],
+        use_cache=True,
+        logits_to_keep=torch.tensor([p - 1], device=sequences.device),
+    )
+    head = first_pass.logits[inverse]  # [B, 1, V]
+    if t == 1:
+        return head
+    cache = first_pass.past_key_values
+    cache.batch_select_indices(inverse)
+    rest = model(
+        input_ids=sequences[:, p : p + t - 1],
+        attention_mask=attention_mask[:, : p + t - 1],
+        position_ids=positions[:, p : p + t - 1],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return torch.cat([head, rest.logits], dim=1)
 
 
 def token_values(critic, sequences, attention_mask, prompt_len: int, response_len: int):

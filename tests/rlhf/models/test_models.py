@@ -257,3 +257,41 @@ def test_response_logprobs_equal_a_full_forward_by_hand(tiny_model_dir, attentio
             assert logp[row, t].item() == pytest.approx(expected.item(), abs=1e-5)
     cols = full[:, plen - 1 : plen - 1 + mask.shape[1]]
     assert torch.allclose(ent, entropy_from_logits(cols), atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths", [[4, 1, 3, 2, 2, 4], [1, 1, 1, 1, 1, 1]])
+def test_shared_prompt_pass_gives_the_full_pass_logprobs_and_gradients(tiny_model_dir, lengths):
+    """Groups of samples with one prompt each: running each prompt once and the responses on its
+    cached keys and values must give the same logprobs, entropy and parameter gradients as one
+    full pass per row (prompts of different lengths, so left padding differs between groups;
+    one-token responses take the prompt pass alone)."""
+    from rlhf.models.loading import load_causal_lm
+    from rlhf.models.logprobs import prompt_groups, response_logprobs
+    from rlhf.rl.batch import pack_sequences
+
+    model = load_causal_lm(str(tiny_model_dir), "float32", "sdpa")
+    prompts = [[5, 6, 7]] * 2 + [[8, 9, 10, 11, 12]] * 3 + [[20, 21]]
+    responses = [[13 + i + k for k in range(n)] for i, n in enumerate(lengths)]
+    seqs, attn, mask, plen = pack_sequences(prompts, responses, pad_id=0)
+    first, inverse = prompt_groups(seqs, attn, plen)
+    assert first.tolist() == [0, 2, 5] and inverse.tolist() == [0, 0, 1, 1, 1, 2]
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        logp, ent = response_logprobs(model, seqs, attn, plen, mask.shape[1], with_entropy=True, share_prompts=share)
+        (logp * mask).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((logp.detach() * mask, ent.detach() * mask, grads))
+    (full_lp, full_ent, full_g), (lp, ent, g) = results
+    assert torch.allclose(lp, full_lp, atol=1e-5)
+    assert torch.allclose(ent, full_ent, atol=1e-5)
+    assert torch.allclose(g, full_g, atol=1e-4, rtol=1e-4)
+    assert full_g.abs().sum() > 0
+
+
+def test_prompt_groups_is_none_when_no_prompt_repeats():
+    from rlhf.models.logprobs import prompt_groups
+    from rlhf.rl.batch import pack_sequences
+
+    seqs, attn, _, plen = pack_sequences([[5, 6], [5, 7], [5, 6]], [[1], [1], [1]], pad_id=0)
+    assert prompt_groups(seqs, attn, plen) is None

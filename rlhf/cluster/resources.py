@@ -64,6 +64,7 @@ def check_resources(cfg: Config) -> None:
     """GPU and CPU settings that cannot work, named before any placement group is asked for."""
     r = cfg.resources
     _need(r.cpus_per_actor > 0, "resources.cpus_per_actor", "must be more than 0")
+    _need(r.cpus_per_rollout >= 0, "resources.cpus_per_rollout", "must be 0 (cpus_per_actor) or more")
     for name in ("gpus_per_rollout", "gpus_per_learner", "gpus_per_reward", "gpus_per_reference"):
         value = getattr(r, name)
         _need(0 <= value <= 1, f"resources.{name}",
@@ -102,7 +103,8 @@ def role_bundles(cfg: Config) -> Layout:
 
     layout = Layout()
     for _ in range(cfg.rollout.num_engines):
-        layout.add("rollout", ask(cpu, r.gpus_per_rollout * cfg.rollout.tensor_parallel_size, "rollout"))
+        gpus = r.gpus_per_rollout * cfg.rollout.tensor_parallel_size
+        layout.add("rollout", ask(r.cpus_per_rollout or cpu, gpus, "rollout"))
     for _ in range(cfg.learner.num_ranks):
         layout.add("learner", ask(cpu, r.gpus_per_learner, "learner"))
     needs_reference = reference_role(cfg) == "actor"

@@ -254,6 +254,9 @@ class ResourcesConfig:
     """Place actors on GPUs (clusters); False runs everything on CPUs."""
     cpus_per_actor: float = 1.0
     """CPUs reserved for each actor's bundle."""
+    cpus_per_rollout: float = 0.0
+    """CPUs of a rollout engine's bundle (its threads follow them); 0 means cpus_per_actor. On one
+    CPU box the roles take turns, so the engine may have every core while it generates."""
     gpus_per_rollout: float = 1.0
     """GPUs per rollout engine (times tensor_parallel_size)."""
     gpus_per_learner: float = 1.0

@@ -20,15 +20,18 @@ def response_logprobs(model, sequences, attention_mask, prompt_len: int, respons
     rlhf/rl/batch.py). Returns logprobs [B, T] (fp32) and, if asked, entropy [B, T]. Position ids
     start at each row's first real token so the numbers match the rollout engine's.
 
-    `share_prompts`: rows whose prompt repeats the row before (a group's samples) run the prompt
-    once and their responses on its cached keys and values (`shared_prompt_logits`): the same
+    `share_prompts`: rows whose prompt repeats the row before (a group's samples) pay for the
+    prompt once: one pass over a row per prompt with its samples' responses behind it
+    (`tree_logits`), or, with attention kernels that take no 4D mask (flash attention), the
+    responses run on the prompt's cached keys and values (`shared_prompt_logits`). The same
     numbers for about 1/n of the prompt's FLOPs, forward and backward.
     """
     from rlhf.rl.losses import entropy_from_logits, logprobs_from_logits
 
     groups = prompt_groups(sequences, attention_mask, prompt_len) if share_prompts else None
     if groups is not None:
-        logits = shared_prompt_logits(model, sequences, attention_mask, prompt_len, response_len, *groups)
+        shared = tree_logits if takes_4d_masks(model) else shared_prompt_logits
+        logits = shared(model, sequences, attention_mask, prompt_len, response_len, *groups)
     else:
         logits = full_pass_logits(model, sequences, attention_mask, prompt_len, response_len)
     logits = logits.float()
@@ -59,6 +62,12 @@ def full_pass_logits(model, sequences, attention_mask, prompt_len: int, response
         logits_to_keep=torch.arange(cols.start, cols.stop, device=sequences.device),
     )
     return out.logits
+
+
+def takes_4d_masks(model) -> bool:
+    """Whether the model's attention takes a custom [B, 1, Q, K] mask (eager and SDPA do)."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    return getattr(config, "_attn_implementation", None) in ("eager", "sdpa")
 
 
 def prompt_groups(sequences, attention_mask, prompt_len: int):
@@ -118,3 +127,50 @@ def token_values(critic, sequences, attention_mask, prompt_len: int, response_le
         position_ids=position_ids_from_mask(attention_mask),
     )
     return out.logits[:, response_logits_slice(prompt_len, response_len), 0].float()
+
+
+def tree_logits(model, sequences, attention_mask, prompt_len: int, response_len: int, first, inverse):
+    """[B, T, V] response-scoring logits from one pass over U rows, one per distinct prompt: the
+    prompt's real tokens, then each of its samples' response tokens 0..T-2 in a block of its own.
+    A 4D mask lets a block see the prompt and itself only, and its positions carry on from the
+    prompt's, so every sample sees what it saw alone."""
+    import torch
+
+    p, t = prompt_len, response_len
+    counts = torch.bincount(inverse)  # samples per prompt
+    width = t - 1
+    lengths = attention_mask[first, :p].sum(1)  # [U] real prompt tokens
+    rows = lengths + counts * width
+    r_max = int(rows.max())
+    u = len(first)
+    ids = torch.zeros((u, r_max), dtype=sequences.dtype, device=sequences.device)
+    pos = torch.zeros_like(ids)
+    allowed = torch.zeros((u, r_max, r_max), dtype=torch.bool, device=sequences.device)
+    score_at = torch.zeros((len(inverse), t), dtype=torch.long, device=sequences.device)
+    slot = torch.arange(len(inverse), device=inverse.device) - first[inverse]  # place in its group
+    causal = torch.ones((r_max, r_max), dtype=torch.bool, device=sequences.device).tril()
+    for g in range(u):
+        n_real = int(lengths[g])
+        ids[g, :n_real] = sequences[first[g], p - n_real : p]
+        pos[g, :n_real] = torch.arange(n_real)
+        allowed[g, :n_real, :n_real] = causal[:n_real, :n_real]
+    for b in range(len(inverse)):
+        g, k = int(inverse[b]), int(slot[b])
+        n_real = int(lengths[g])
+        start = n_real + k * width
+        ids[g, start : start + width] = sequences[b, p : p + width]
+        pos[g, start : start + width] = torch.arange(n_real, n_real + width)
+        allowed[g, start : start + width, :n_real] = True
+        allowed[g, start : start + width, start : start + width] = causal[:width, :width]
+        score_at[b, 0] = g * r_max + n_real - 1
+        score_at[b, 1:] = g * r_max + start + torch.arange(width)
+    for g in range(u):  # padding rows attend to themselves so no softmax row is empty
+        tail = torch.arange(int(rows[g]), r_max)
+        allowed[g, tail, tail] = True
+    # Additive, in the weights' dtype: eager attention adds the mask to the scores, SDPA takes either.
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=sequences.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[:, None]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    flat = out.logits.reshape(u * r_max, -1)
+    return flat[score_at.reshape(-1)].reshape(len(inverse), t, -1)

@@ -259,17 +259,22 @@ def test_response_logprobs_equal_a_full_forward_by_hand(tiny_model_dir, attentio
     assert torch.allclose(ent, entropy_from_logits(cols), atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "cache"])
 @pytest.mark.parametrize("lengths", [[4, 1, 3, 2, 2, 4], [1, 1, 1, 1, 1, 1]])
-def test_shared_prompt_pass_gives_the_full_pass_logprobs_and_gradients(tiny_model_dir, lengths):
-    """Groups of samples with one prompt each: running each prompt once and the responses on its
-    cached keys and values must give the same logprobs, entropy and parameter gradients as one
-    full pass per row (prompts of different lengths, so left padding differs between groups;
-    one-token responses take the prompt pass alone)."""
+def test_shared_prompt_pass_gives_the_full_pass_logprobs_and_gradients(tiny_model_dir, lengths, attention,
+                                                                        monkeypatch):
+    """Groups of samples with one prompt each: running each prompt once (one row per prompt under
+    a 4D mask, or the responses on the prompt's cached keys and values) must give the same
+    logprobs, entropy and parameter gradients as one full pass per row (prompts of different
+    lengths, so left padding differs between groups; one-token responses)."""
+    from rlhf.models import logprobs as lp_module
     from rlhf.models.loading import load_causal_lm
     from rlhf.models.logprobs import prompt_groups, response_logprobs
     from rlhf.rl.batch import pack_sequences
 
-    model = load_causal_lm(str(tiny_model_dir), "float32", "sdpa")
+    model = load_causal_lm(str(tiny_model_dir), "float32", "sdpa" if attention == "cache" else attention)
+    if attention == "cache":  # the path of attention kernels without 4D masks (flash attention)
+        monkeypatch.setattr(lp_module, "takes_4d_masks", lambda model: False)
     prompts = [[5, 6, 7]] * 2 + [[8, 9, 10, 11, 12]] * 3 + [[20, 21]]
     responses = [[13 + i + k for k in range(n)] for i, n in enumerate(lengths)]
     seqs, attn, mask, plen = pack_sequences(prompts, responses, pad_id=0)

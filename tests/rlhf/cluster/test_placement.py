@@ -44,6 +44,15 @@ def test_a_reward_model_shares_the_bundle_with_the_reference():
     assert lay.bundles[lay.slots["reward"][0]] == {"CPU": 2.0}
 
 
+def test_the_rollout_engine_can_have_cpus_of_its_own():
+    lay = layout("resources.cpus_per_rollout=2")
+    assert actor_resources(None, "rollout", lay) == {"CPU": 2.0}
+    assert actor_resources(None, "learner", lay) == {"CPU": 1.0}
+    assert lay.total("CPU") == 5
+    with pytest.raises(ValueError, match="resources.cpus_per_rollout"):
+        layout("resources.cpus_per_rollout=-1")
+
+
 def test_no_reference_without_kl():
     lay = layout("algo.kl_coef=0")
     assert "reference" not in lay.slots

@@ -66,10 +66,10 @@ def main(argv=None) -> None:
         opt.step()
         opt.zero_grad()
         if (step + 1) % 10 == 0:
-            curve.append({"examples": (step + 1) * 8, "accuracy": accuracy(), "loss": float(loss)})
+            curve.append({"examples": (step + 1) * 8, "accuracy": accuracy(), "loss": float(loss.detach())})
             print(f"{curve[-1]['examples']} examples: held-out yes/no accuracy {curve[-1]['accuracy']:.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-    write_result("yes_no_learnability.json", {"machine": machine(), "model": args.model, "lr": args.lr,
+    write_result("yes_no_learnability", {"machine": machine(), "model": args.model, "lr": args.lr,
                                               "held_out": len(test), "curve": curve})
 
 

@@ -54,7 +54,8 @@ def test_reference_logprobs_inputs_follow_the_device_and_come_back_on_cpu(monkey
     monkeypatch.setattr(reference, "load_causal_lm", lambda *a, **k: model)
     seen = []
 
-    def fake_logprobs(m, seq, mask, prompt_len, response_len):
+    def fake_logprobs(m, seq, mask, prompt_len, response_len, share_prompts):
+        assert share_prompts  # learner.share_prompts, on by default
         seen.append((seq.device.type, mask.device.type))
         return torch.zeros(seq.shape[0], response_len)  # [b, T]
 

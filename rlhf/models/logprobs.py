@@ -4,12 +4,7 @@ logprobs and entropy of a policy, and per-token values of a critic.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # torch/transformers load lazily so `rlhf` imports fast
-
-    pass
-
+# torch loads inside the functions, so `rlhf` imports fast.
 
 
 def response_logprobs(model, sequences, attention_mask, prompt_len: int, response_len: int, with_entropy: bool = False,
@@ -171,6 +166,12 @@ def tree_logits(model, sequences, attention_mask, prompt_len: int, response_len:
     dtype = next(model.parameters()).dtype
     mask = torch.zeros(allowed.shape, dtype=dtype, device=sequences.device).masked_fill(
         ~allowed, torch.finfo(dtype).min)[:, None]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-    flat = out.logits.reshape(u * r_max, -1)
-    return flat[score_at.reshape(-1)].reshape(len(inverse), t, -1)
+    # The LM head runs from the first column that scores anything (the shortest prompt's last
+    # token) on, not over every prompt token (as `full_pass_logits` does with `logits_to_keep`).
+    start = int(lengths.min()) - 1
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                logits_to_keep=torch.arange(start, r_max, device=sequences.device))
+    rows_of = torch.div(score_at, r_max, rounding_mode="floor")
+    kept = rows_of * (r_max - start) + (score_at - rows_of * r_max - start)
+    flat = out.logits.reshape(u * (r_max - start), -1)
+    return flat[kept.reshape(-1)].reshape(len(inverse), t, -1)

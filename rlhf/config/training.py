@@ -156,9 +156,10 @@ class LearnerConfig:
     micro_batch_size: int = 8
     """Sequences per rank per forward/backward pass."""
     share_prompts: bool = True
-    """The learner and the reference run each prompt once per micro-batch and its samples'
-    responses on the prompt's cached keys and values (rlhf/models/logprobs.py): the same
-    logprobs, with a group of n samples paying for its prompt once instead of n times."""
+    """The learner and the reference run each prompt once per micro-batch, its samples' responses
+    behind it under a 4D attention mask (or, with flash attention, on the prompt's cached keys and
+    values; rlhf/models/logprobs.py): the same logprobs, with a group of n samples paying for its
+    prompt once instead of n times."""
     ppo_epochs: int = 1
     """Passes over each experience batch."""
     mini_batches: int = 1

@@ -141,7 +141,7 @@ def tree_logits(model, sequences, attention_mask, prompt_len: int, response_len:
     ids = torch.zeros((u, r_max), dtype=sequences.dtype, device=sequences.device)
     pos = torch.zeros_like(ids)
     allowed = torch.zeros((u, r_max, r_max), dtype=torch.bool, device=sequences.device)
-    score_at = torch.zeros((len(inverse), t), dtype=torch.long, device=sequences.device)
+    score_col = torch.zeros((len(inverse), t), dtype=torch.long, device=sequences.device)  # in row inverse[b]
     slot = torch.arange(len(inverse), device=inverse.device) - first[inverse]  # place in its group
     causal = torch.ones((r_max, r_max), dtype=torch.bool, device=sequences.device).tril()
     for g in range(u):
@@ -157,8 +157,8 @@ def tree_logits(model, sequences, attention_mask, prompt_len: int, response_len:
         pos[g, start : start + width] = torch.arange(n_real, n_real + width)
         allowed[g, start : start + width, :n_real] = True
         allowed[g, start : start + width, start : start + width] = causal[:width, :width]
-        score_at[b, 0] = g * r_max + n_real - 1
-        score_at[b, 1:] = g * r_max + start + torch.arange(width)
+        score_col[b, 0] = n_real - 1
+        score_col[b, 1:] = start + torch.arange(width)
     for g in range(u):  # padding rows attend to themselves so no softmax row is empty
         tail = torch.arange(int(rows[g]), r_max)
         allowed[g, tail, tail] = True
@@ -171,7 +171,4 @@ def tree_logits(model, sequences, attention_mask, prompt_len: int, response_len:
     start = int(lengths.min()) - 1
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                 logits_to_keep=torch.arange(start, r_max, device=sequences.device))
-    rows_of = torch.div(score_at, r_max, rounding_mode="floor")
-    kept = rows_of * (r_max - start) + (score_at - rows_of * r_max - start)
-    flat = out.logits.reshape(u * (r_max - start), -1)
-    return flat[kept.reshape(-1)].reshape(len(inverse), t, -1)
+    return out.logits[inverse[:, None], score_col - start]  # [B, T, V]

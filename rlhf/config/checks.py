@@ -37,6 +37,7 @@ CHOICES: dict[str, str | tuple[str, ...]] = {
     "tune.mode": ("max", "min"),
     "tune.scheduler": ("asha", "pbt", "fifo"),
     "review.method": ("dpo", "rm+rl"),
+    "pipeline.rl_prompts": ("data", "headroom"),
 }
 """Dotted choice field -> its valid values, or the registry ("module:attribute") that holds them."""
 
@@ -83,6 +84,7 @@ def validate(cfg) -> None:
     _validate_rl(cfg)
     _validate_sizes(cfg)
     _validate_review(cfg.review)
+    _validate_pipeline(cfg.pipeline)
     _validate_monitor(cfg.monitor)
     _check(not cfg.eval.review_db or bool(cfg.eval.review_model), "eval.review_model",
            "is empty while eval.review_db is set: name the evaluated model as the feedback database does "
@@ -111,6 +113,11 @@ def _validate_rl(cfg) -> None:
     for name, weight in cfg.reward.rules.items():
         _check(isinstance(weight, (int, float)) and weight == weight and abs(weight) != float("inf"),
                f"reward.rules.{name}", f"weight must be a finite number, got {weight!r}")
+
+
+def _validate_pipeline(p) -> None:
+    _check(p.rl_prompts != "headroom" or "pairs" in p.stages, "pipeline.rl_prompts",
+           "`headroom` weighs the prompts by the pairs stage's sampled answers; add `pairs` to pipeline.stages")
 
 
 def _validate_lora(lora) -> None:

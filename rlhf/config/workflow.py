@@ -170,7 +170,11 @@ class PipelineConfig:
     pairs_k: int = 4
     """Answers generated per question for preference pairs."""
     pairs_questions: int = 256
-    """Questions used to build preference pairs."""
+    """Questions used to build preference pairs (the pairs stage's probe of the policy)."""
+    rl_prompts: str = "data"
+    """The rl stage's prompts: `data` (data.train as it is) or `headroom`: data.train with each
+    question type kept in proportion to maj@k - mean@k on the pairs stage's sampled answers, what
+    RL can sharpen there (rlhf/data/curriculum.py)."""
     human_feedback: list[str] = field(default_factory=list)
     """Extra ratings/rankings/preferences files merged into the pairs (kind from the columns)."""
     registry: str = ""

@@ -28,7 +28,9 @@ _STR, _STRS = pa.string(), pa.list_(pa.string())
 SCHEMAS: dict[str, pa.Schema] = {
     "qa": pa.schema([pa.field("question", _STR, False), pa.field("answer", _STR, False),
                      pa.field("context", _STR), pa.field("choices", _STRS)]),
-    "prompts": pa.schema([pa.field("question", _STR, False), pa.field("reference", _STR)]),
+    # type: the question's kind where the source names one (open, yes_no, choice...), for the
+    # rl stage's prompt mix (rlhf/data/curriculum.py)
+    "prompts": pa.schema([pa.field("question", _STR, False), pa.field("reference", _STR), pa.field("type", _STR)]),
     "preferences": pa.schema([pa.field("prompt", _STR, False), pa.field("chosen", _STR, False),
                               pa.field("rejected", _STR, False)]),
     "ratings": pa.schema([pa.field("prompt", _STR, False), pa.field("response", _STR, False),
@@ -256,7 +258,8 @@ def _prompts_row(record: dict) -> dict:
     question, reference = _question_answer(
         record, ("question", "prompt"), ("reference", "answer", "completion"))
     return {"question": _text(question, "question"),
-            "reference": _text(reference, "reference", optional=True)}
+            "reference": _text(reference, "reference", optional=True),
+            "type": _text(record.get("type"), "type", optional=True)}
 
 
 def _preferences_row(record: dict) -> dict:

@@ -158,7 +158,7 @@ def is_generated(spec: str) -> bool:
 def generated_rows(spec: str, size: int, seed: int) -> pa.Table:
     """`gym:<task>` (reasoning-gym) or `synth:<domain>` (rlhf/data/synthetic.py) as a prompts table."""
     if spec.startswith("synth:"):
-        rows = [{"question": r["question"], "reference": r["reference"]}
+        rows = [{"question": r["question"], "reference": r["reference"], "type": r.get("type")}
                 for r in synthetic_rows(spec[len("synth:"):], size, seed)]
         return pa.Table.from_pylist(rows, schema=SCHEMAS["prompts"])
     return gym_rows(spec[len("gym:"):], size, seed)

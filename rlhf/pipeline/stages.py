@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow.parquet as pq
+
+from rlhf.data.curriculum import sharpening_headroom, type_counts, weight_by_headroom
 from rlhf.data.prompts import training_prompts
+from rlhf.data.tables import load_source, save
 from rlhf.registry import Registry
-from rlhf.supervised.inputs import generate_pairs, pair_job, sft_job
+from rlhf.supervised.inputs import generate_pairs, pair_job, probe_path, sft_job
 from rlhf.supervised.trainer import run_finetune
 
 if TYPE_CHECKING:
@@ -88,8 +92,8 @@ def run_dpo(p: Pipeline, folder: Path):
                               **_heldout(job.heldout_dropped)}
 
 
-@stage("rl", ("algo", "rollout", "learner", "reward", "reference", "train", "data", "model"),
-       upstream=("sft", "dpo", "rm"), produces_policy=True)
+@stage("rl", ("algo", "rollout", "learner", "reward", "reference", "train", "data", "model", "pipeline"),
+       upstream=("sft", "dpo", "pairs", "rm"), produces_policy=True)
 def run_rl(p: Pipeline, folder: Path):
     """RL on Ray actors, started by the function the CLI layer handed the pipeline."""
     if p.run_training is None:
@@ -101,18 +105,36 @@ def run_rl(p: Pipeline, folder: Path):
     policy = p.current_policy()
     cfg = p.stage_config(model=dataclasses.replace(cfg.model, path=policy), reward=reward,
                          reference=dataclasses.replace(cfg.reference, path=policy),
-                         train=dataclasses.replace(cfg.train, export=True))
+                         train=dataclasses.replace(cfg.train, export=True), data=_rl_data(p, folder))
     run_dir = folder / "run"
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)  # the inputs changed: this RL run starts over
-    _, dropped = training_prompts(cfg)  # what the trainer's PromptSet will hold (checked there too)
+    prompts, dropped = training_prompts(cfg)  # what the trainer's PromptSet will hold (checked there too)
     p.run_training(cfg, run_dir=run_dir)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     keep = ("reward/mean", "objective/kl", "timing/step")
     return run_dir / "model", {"first": {k: rows[0].get(k) for k in keep}, "last": {k: rows[-1].get(k) for k in keep},
-                               "steps": len(rows), **_heldout(dropped)}
+                               "steps": len(rows), "prompts": prompts.num_rows,
+                               "prompts_from": p.cfg.pipeline.rl_prompts, **_heldout(dropped)}
+
+
+def _rl_data(p: Pipeline, folder: Path):
+    """data.train, or with pipeline.rl_prompts `headroom` its questions weighted per type by how
+    much the pairs stage's probe says RL can sharpen there (rlhf/data/curriculum.py), as a file."""
+    cfg = p.cfg
+    if cfg.pipeline.rl_prompts == "data":
+        return cfg.data
+    probe = pq.read_table(probe_path(p.need("rl", "pairs").output))
+    headroom = sharpening_headroom(probe)
+    pool = load_source(cfg.data.train, "prompts", cfg.data.fields, cfg.data.gym_size, cfg.data.seed).table
+    table = weight_by_headroom(pool, headroom, seed=cfg.data.seed)
+    path = save(table, folder / "prompts.parquet")
+    p.log(f"[rl] maj@k - mean@k by question type on {probe.num_rows} probed questions: "
+          + ", ".join(f"{t} {h:.3f}" for t, h in sorted(headroom.items(), key=lambda kv: str(kv[0])))
+          + f"; prompts kept: {type_counts(table)} of {pool.num_rows}")
+    return dataclasses.replace(cfg.data, train=str(path), fields={})
 
 
 @stage("eval", ("eval", "model"), upstream=("sft", "dpo", "rl", "rm"))

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from rlhf.config.tree import Config
 from rlhf.config.workflow import FinetuneConfig
+from rlhf.data.curriculum import probe_scores
 from rlhf.data.heldout import without_heldout
 from rlhf.data.kinds import PAIRS_SCHEMA, load
 from rlhf.data.prompts import encode_questions
@@ -125,10 +126,11 @@ def generate_pairs(cfg: Config, model: str, out_path: str | Path, questions: int
               "max_tokens": cfg.rollout.max_new_tokens}  # engine seed; see actors/rollout.py
     with OfflineEngine(path, inference_config(cfg)) as engine:
         samples = engine.sample(prompts, params, use_tqdm=True)
-    pairs = []
+    pairs, probed = [], []
     for row, out in zip(rows, samples):
         answers = [s.text.strip() for s in out]
         scores = [combine(a, row.get("reference"), cfg.reward.rules, prompt=row["question"])[0] for a in answers]
+        probed.append({**row, **probe_scores(answers, scores)})
         best, worst = max(range(len(answers)), key=scores.__getitem__), min(range(len(answers)), key=scores.__getitem__)
         if scores[best] > scores[worst] and answers[best] != answers[worst]:
             pairs.append({"prompt": row["question"], "chosen": answers[best], "rejected": answers[worst],
@@ -138,5 +140,12 @@ def generate_pairs(cfg: Config, model: str, out_path: str | Path, questions: int
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     save(pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA), out)
+    save(pa.Table.from_pylist(probed), probe_path(out))
     return {"questions": len(rows), "pairs": len(pairs), "file": str(out), "heldout_dropped": dropped,
             "heldout_overlap": 0}
+
+
+def probe_path(pairs_path: str | Path) -> Path:
+    """Where `generate_pairs` keeps every question it sampled, with its mean rule score and its
+    most frequent answer's (rlhf/data/curriculum.py)."""
+    return Path(pairs_path).with_name("probe.parquet")

@@ -66,7 +66,7 @@ GOOD = {
         {"question": "What is 2+2?", "answer": "4", "context": "arithmetic", "choices": ["3", "4"]},
         {"question": "Capital of France?", "answer": "Paris"},
     ],
-    "prompts": [{"question": "What is 2+2?", "reference": "4"}, {"question": "Name a colour."}],
+    "prompts": [{"question": "What is 2+2?", "reference": "4", "type": "open"}, {"question": "Name a colour."}],
     "preferences": [
         {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."},
         {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
@@ -77,7 +77,7 @@ GOOD = {
     ],
     "rankings": [{"prompt": "2+2?", "responses": ["4", "four-ish", "5"]}],
 }
-NULLABLE = {"qa": ("context", "choices"), "prompts": ("reference",)}
+NULLABLE = {"qa": ("context", "choices"), "prompts": ("reference", "type")}
 
 
 def expected_rows(kind):
@@ -135,12 +135,12 @@ def test_prompt_completion_maps_to_qa_and_prompts(tmp_path):
     assert load(path, "qa").table.to_pylist() == [
         {"question": "Why is the sky blue?", "answer": "Rayleigh.", "context": None, "choices": None}]
     assert load(path, "prompts").table.to_pylist() == [
-        {"question": "Why is the sky blue?", "reference": "Rayleigh."}]
+        {"question": "Why is the sky blue?", "reference": "Rayleigh.", "type": None}]
 
 
 def test_gsm8k_style_question_answer_is_a_prompt_with_reference(tmp_path):
     path = write_jsonl(tmp_path / "g.jsonl", [{"question": "1+1?", "answer": "2"}])
-    assert load(path, "prompts").table.to_pylist() == [{"question": "1+1?", "reference": "2"}]
+    assert load(path, "prompts").table.to_pylist() == [{"question": "1+1?", "reference": "2", "type": None}]
 
 
 CHAT = [
@@ -160,8 +160,8 @@ def test_chat_messages_give_last_user_turn_and_final_reply(tmp_path, fmt):
         {"question": "Capital of Italy?", "answer": "Rome.", "context": None, "choices": None}]
     assert qa.quarantined[0]["row"] == 2 and qa.quarantined[0]["reason"] == "missing field 'answer'"
     prompts = load(path, "prompts").table.to_pylist()
-    assert prompts == [{"question": "Capital of Italy?", "reference": "Rome."},
-                       {"question": "Capital of Italy?", "reference": None}]
+    assert prompts == [{"question": "Capital of Italy?", "reference": "Rome.", "type": None},
+                       {"question": "Capital of Italy?", "reference": None, "type": None}]
 
 
 def test_conversational_prompt_completion(tmp_path):

@@ -70,5 +70,5 @@ def outside_bundles(cfg: Config) -> list[dict[str, float]]:
     if cfg.tune.stage not in FINETUNE:
         return []
     section = getattr(cfg, cfg.tune.stage)
-    worker = {"CPU": 1.0, **({"GPU": 1.0} if cfg.resources.use_gpu else {})}
+    worker = {"CPU": float(section.cpus_per_worker), **({"GPU": 1.0} if cfg.resources.use_gpu else {})}
     return [dict(worker) for _ in range(section.num_workers)]

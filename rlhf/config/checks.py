@@ -135,6 +135,8 @@ def _validate_lora(lora) -> None:
 def _validate_sizes(cfg) -> None:
     _check(cfg.learner.num_ranks >= 1, "learner.num_ranks", "must be at least 1")
     _check(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be at least 1")
+    for stage in ("sft", "rm", "dpo"):
+        _check(getattr(cfg, stage).cpus_per_worker >= 1, f"{stage}.cpus_per_worker", "must be at least 1")
     _check(cfg.learner.mini_batches >= 1, "learner.mini_batches", "must be at least 1")
     _check(cfg.learner.deepspeed.zero_stage in (0, 1, 2, 3), "learner.deepspeed.zero_stage", "expected 0-3")
     _check(0.0 < cfg.algo.clip_eps < 1.0, "algo.clip_eps", f"must be in (0, 1), got {cfg.algo.clip_eps}")

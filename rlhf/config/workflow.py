@@ -117,6 +117,8 @@ class FinetuneConfig:
     """Tokens per sequence; longer ones are truncated (prompt from the left)."""
     num_workers: int = 2
     """Ray Train workers (DeepSpeed ranks)."""
+    cpus_per_worker: int = 1
+    """CPUs per worker; Ray sets each worker's torch threads to match."""
     zero_stage: int = 3
     """DeepSpeed ZeRO stage for this stage."""
     val_fraction: float = 0.1

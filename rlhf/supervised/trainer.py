@@ -274,7 +274,8 @@ def run_finetune(job: FinetuneJob, cfg: Config, callbacks: list | None = None,
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _prepare_run(job, out, resume, log or (lambda _: None))
-    started_ray = start_local(max(os.cpu_count() or 1, job.settings.num_workers + 1))
+    workers_cpus = job.settings.num_workers * job.settings.cpus_per_worker
+    started_ray = start_local(max(os.cpu_count() or 1, workers_cpus + 1))
     stop = threading.Event()
     watcher = threading.Thread(target=_report_progress, args=(job.kind, out, log, stop), daemon=True)
     if log is not None:
@@ -355,7 +356,7 @@ def _fit(job: FinetuneJob, cfg: Config, out: Path, callbacks: list, max_failures
         train_loop_config={"job": job, "accelerator": (accelerator, backend)},
         # use_gpu gives each worker one whole GPU beside its CPU.
         scaling_config=ScalingConfig(num_workers=job.settings.num_workers, use_gpu=cfg.resources.use_gpu,
-                                     resources_per_worker={"CPU": 1}),
+                                     resources_per_worker={"CPU": job.settings.cpus_per_worker}),
         torch_config=TorchConfig(backend=backend),
         # A dead worker restarts the group from the last checkpoint, max_failures times.
         run_config=RunConfig(name=train_run_dir(job).name, storage_path=str(train_run_dir(job).parent),

@@ -191,6 +191,8 @@ def test_finetune_sweeps_are_checked_for_their_stage():
     two = trial_config(to_dict(sft), {"sft.num_workers": 2})
     assert checks.trial_needs([two]) == {"CPU": 2.01}
     assert checks.local_cpus(two, {"CPU": 2.01}, cores=2) == 2.01  # two workers busy: one trial on 2 cores
+    wide = trial_config(to_dict(sft), {"sft.cpus_per_worker": 2})  # one worker with both cores
+    assert checks.trial_needs([wide]) == {"CPU": 2.01}
     with pytest.raises(ConfigError, match="lower sft.num_workers"):
         checks.check_concurrency(two, {"CPU": 2.01}, {"CPU": 2.0}, "the Ray cluster")
     # Length: one report before training, then one per step.

@@ -176,7 +176,7 @@ class PipelineConfig:
     rl_prompts: str = "data"
     """The rl stage's prompts: `data` (data.train as it is) or `headroom`: data.train with each
     question type kept in proportion to maj@k - mean@k on the pairs stage's sampled answers, what
-    RL can sharpen there (rlhf/data/curriculum.py)."""
+    RL can sharpen there (rlhf/rl/curriculum.py)."""
     human_feedback: list[str] = field(default_factory=list)
     """Extra ratings/rankings/preferences files merged into the pairs (kind from the columns)."""
     registry: str = ""

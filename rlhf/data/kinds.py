@@ -29,7 +29,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "qa": pa.schema([pa.field("question", _STR, False), pa.field("answer", _STR, False),
                      pa.field("context", _STR), pa.field("choices", _STRS)]),
     # type: the question's kind where the source names one (open, yes_no, choice...), for the
-    # rl stage's prompt mix (rlhf/data/curriculum.py)
+    # rl stage's prompt mix (rlhf/rl/curriculum.py)
     "prompts": pa.schema([pa.field("question", _STR, False), pa.field("reference", _STR), pa.field("type", _STR)]),
     "preferences": pa.schema([pa.field("prompt", _STR, False), pa.field("chosen", _STR, False),
                               pa.field("rejected", _STR, False)]),

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from rlhf.data.curriculum import sharpening_headroom, type_counts, weight_by_headroom
 from rlhf.data.prompts import training_prompts
 from rlhf.data.tables import load_source, save
 from rlhf.registry import Registry
+from rlhf.rl.curriculum import sharpening_headroom, type_counts, weight_by_headroom
 from rlhf.supervised.inputs import generate_pairs, pair_job, probe_path, sft_job
 from rlhf.supervised.trainer import run_finetune
 
@@ -122,7 +122,7 @@ def run_rl(p: Pipeline, folder: Path):
 
 def _rl_data(p: Pipeline, folder: Path):
     """data.train, or with pipeline.rl_prompts `headroom` its questions weighted per type by how
-    much the pairs stage's probe says RL can sharpen there (rlhf/data/curriculum.py), as a file."""
+    much the pairs stage's probe says RL can sharpen there (rlhf/rl/curriculum.py), as a file."""
     cfg = p.cfg
     if cfg.pipeline.rl_prompts == "data":
         return cfg.data

@@ -10,7 +10,6 @@ import pyarrow as pa
 
 from rlhf.config.tree import Config
 from rlhf.config.workflow import FinetuneConfig
-from rlhf.data.curriculum import probe_scores
 from rlhf.data.heldout import without_heldout
 from rlhf.data.kinds import PAIRS_SCHEMA, load
 from rlhf.data.prompts import encode_questions
@@ -18,6 +17,7 @@ from rlhf.data.readers import DataError
 from rlhf.data.tables import load_source, save, split, to_pairs
 from rlhf.models.loading import load_tokenizer, resolve_model_path
 from rlhf.models.offline import OfflineEngine, inference_config
+from rlhf.rl.curriculum import probe_scores
 from rlhf.rl.rewards import combine
 from rlhf.supervised.examples import answer_example, pair_example, rm_pair_example
 from rlhf.supervised.trainer import FinetuneJob
@@ -147,5 +147,6 @@ def generate_pairs(cfg: Config, model: str, out_path: str | Path, questions: int
 
 def probe_path(pairs_path: str | Path) -> Path:
     """Where `generate_pairs` keeps every question it sampled, with its mean rule score and its
-    most frequent answer's (rlhf/data/curriculum.py)."""
-    return Path(pairs_path).with_name("probe.parquet")
+    most frequent answer's (rlhf/rl/curriculum.py): `<pairs file>.probe.parquet`."""
+    path = Path(pairs_path)
+    return path.with_name(f"{path.stem}.probe.parquet")

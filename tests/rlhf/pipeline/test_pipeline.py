@@ -86,7 +86,7 @@ def test_tiny_pipeline_end_to_end_then_a_rerun_skips_every_unchanged_stage(tmp_p
 
     AutoModelForCausalLM.from_pretrained(run_dir / "sft" / "model")
     # The pairs stage probed the SFT model; the rl stage weighed its prompts by that probe.
-    assert (run_dir / "pairs" / "probe.parquet").is_file() and (run_dir / "rl" / "prompts.parquet").is_file()
+    assert (run_dir / "pairs" / "pairs.probe.parquet").is_file() and (run_dir / "rl" / "prompts.parquet").is_file()
     rl = json.loads((run_dir / "rl" / "manifest.json").read_text())["metrics"]
     assert rl["prompts_from"] == "headroom" and rl["prompts"] > 0, rl
     for stage in ("sft", "pairs", "rm", "rl", "eval", "redteam"):

@@ -7,8 +7,8 @@ import pytest
 
 from rlhf.config.tree import load_config
 from rlhf.config.typed_yaml import ConfigError
-from rlhf.data.curriculum import probe_scores, sharpening_headroom, type_counts, weight_by_headroom
 from rlhf.data.tables import load_source
+from rlhf.rl.curriculum import probe_scores, sharpening_headroom, type_counts, weight_by_headroom
 
 pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
 

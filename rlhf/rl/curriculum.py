@@ -5,7 +5,7 @@ sample's accuracy (mean@k) towards what a vote over k samples gets (maj@k), and 
 skill whose answers are guesses, where the vote is no better than one sample (bench/README.md,
 "RL where SFT left something to sharpen"). The pairs stage samples k answers to a few hundred
 training questions and keeps each question's mean rule score and the score of its most frequent
-answer (`probe.parquet`, from `probe_scores`). `sharpening_headroom` turns those into maj@k -
+answer (`pairs.probe.parquet`, from `probe_scores`). `sharpening_headroom` turns those into maj@k -
 mean@k per question type (the `type` column: open, yes_no, choice...), and `weight_by_headroom`
 keeps every question of the type with the most headroom and the others in proportion, so the
 RL stage's prompts follow what it can improve. The probe reads training questions only: held-out

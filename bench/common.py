@@ -10,6 +10,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +95,44 @@ def machine_table(title: str, sides: dict[str, dict]):
     for key in keys:
         table.add_row(key, *[str(info.get(key, "")) for info in sides.values()])
     return table
+
+
+TRL_CPU_ARGS = {"use_cpu": True, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
+                "disable_tqdm": True}
+"""Training arguments every TRL side shares: on the CPU, a log row per step, nothing saved."""
+
+
+def run_trl_side(script: str, workload: dict, python: str) -> dict:
+    """Run bench/<script> in TRL's venv (bench/setup_trl.sh) on `workload`; its JSON result."""
+    if not Path(python).exists():
+        raise SystemExit(f"{python} not found: run `bash bench/setup_trl.sh` first")
+    with tempfile.TemporaryDirectory(prefix="trl-side-") as tmp:
+        work, out = Path(tmp) / "workload.json", Path(tmp) / "result.json"
+        work.write_text(json.dumps(workload))
+        subprocess.run([python, str(ROOT / "bench" / script), str(work), str(out)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=sys.stdout, stderr=sys.stderr)
+        return json.loads(out.read_text())
+
+
+def trl_clock(marks: dict, log_key: str):
+    """A transformers TrainerCallback that fills `marks`: `train_begin` and `step_end` (the
+    perf_counter at the start of training and at the end of every optimizer step) and `logs`
+    (every logged row that holds `log_key`)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    marks.update(step_end=[], logs=[])
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            marks["train_begin"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            marks["step_end"].append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and log_key in logs:
+                marks["logs"].append(dict(logs))
+
+    return Clock()

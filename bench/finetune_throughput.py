@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, load_average, machine, machine_table, versions, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    ROOT,
+    load_average,
+    machine,
+    machine_table,
+    run_trl_side,
+    versions,
+    write_result,
+)
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -83,16 +89,8 @@ def run_ours(cfg, job) -> dict:
 
 
 def run_trl(workload: dict, python: str) -> dict:
-    if not Path(python).exists():
-        raise SystemExit(f"{python} not found: run `bash bench/setup_trl.sh` first")
-    with tempfile.TemporaryDirectory(prefix="finetune-trl-") as tmp:
-        work, out = Path(tmp) / "workload.json", Path(tmp) / "result.json"
-        work.write_text(json.dumps(workload))
-        subprocess.run([python, str(ROOT / "bench" / "trl_sft.py"), str(work), str(out)], check=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-        result = json.loads(out.read_text())
-    ends = result["step_end"]
-    result["step_seconds"] = [e - result["train_begin"] for e in ends]
+    result = run_trl_side("trl_sft.py", workload, python)
+    result["step_seconds"] = [e - result["train_begin"] for e in result["step_end"]]
     return result
 
 

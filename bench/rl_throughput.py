@@ -23,9 +23,7 @@ bench/results/rl_throughput.json with `ratio_vs_trl` (our samples/s over TRL's).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, load_average, machine, machine_table, versions, write_result  # noqa: E402
+from bench.common import ROOT, load_average, machine, machine_table, run_trl_side, versions, write_result  # noqa: E402
 
 TRL_PYTHON = ROOT / "bench" / ".venv-trl" / "bin" / "python"
 
@@ -126,14 +124,7 @@ def run_ours(cfg) -> dict:
 
 
 def run_trl(w: dict, python: str) -> dict:
-    if not Path(python).exists():
-        raise SystemExit(f"{python} not found: run `bash bench/setup_trl.sh` first")
-    with tempfile.TemporaryDirectory(prefix="rl-throughput-trl-") as tmp:
-        work, out = Path(tmp) / "workload.json", Path(tmp) / "result.json"
-        work.write_text(json.dumps(w))
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        subprocess.run([python, str(ROOT / "bench" / "trl_grpo.py"), str(work), str(out)], check=True, env=env)
-        return json.loads(out.read_text())
+    return run_trl_side("trl_grpo.py", w, python)
 
 
 # ----------------------------------------------------------------------------- summary

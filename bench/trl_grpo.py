@@ -23,6 +23,8 @@ STARTED = time.perf_counter()
 def build_config(w: dict, out_dir: str):
     from trl import GRPOConfig
 
+    from bench.common import TRL_CPU_ARGS
+
     return GRPOConfig(
         output_dir=out_dir,
         per_device_train_batch_size=w["prompts_per_step"] * w["n_samples"],  # completions per step
@@ -42,11 +44,7 @@ def build_config(w: dict, out_dir: str):
         seed=w["seed"],
         bf16=w["trl_bf16"],
         gradient_checkpointing=w["trl_gradient_checkpointing"],
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **TRL_CPU_ARGS,
     )
 
 
@@ -55,10 +53,9 @@ def main() -> None:
     w = json.loads(Path(workload_path).read_text())
     sys.path.insert(0, w["root"])
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    from bench.common import load_average, machine, versions
+    from bench.common import load_average, machine, trl_clock, versions
     from rlhf.rl.rewards import combine
 
     rules = w["rules"]
@@ -68,23 +65,13 @@ def main() -> None:
         return [combine(c, r, rules)[0] for c, r in zip(completions, reference)]
 
     reward.__name__ = "combine"
-    marks: dict = {"step_end": [], "logs": []}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            marks["train_begin"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            marks["step_end"].append(time.perf_counter())
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "reward" in logs:
-                marks["logs"].append(dict(logs))
+    marks: dict = {}
+    clock = trl_clock(marks, "reward")
 
     load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="trl-grpo-") as out_dir:
         trainer = GRPOTrainer(model=w["model_path"], reward_funcs=reward, args=build_config(w, out_dir),
-                              train_dataset=dataset, callbacks=[Clock()])
+                              train_dataset=dataset, callbacks=[clock])
         trainer.train()
     steps = []
     for end, logs in zip(marks["step_end"], marks["logs"]):

@@ -23,6 +23,8 @@ STARTED = time.perf_counter()
 def build_config(w: dict, out_dir: str):
     from trl import SFTConfig
 
+    from bench.common import TRL_CPU_ARGS
+
     return SFTConfig(
         output_dir=out_dir,
         per_device_train_batch_size=w["micro_batch_size"],
@@ -34,11 +36,7 @@ def build_config(w: dict, out_dir: str):
         completion_only_loss=True,
         seed=w["seed"],
         bf16=w["bf16"],
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
+        **TRL_CPU_ARGS,
     )
 
 
@@ -47,23 +45,13 @@ def main() -> None:
     w = json.loads(Path(workload_path).read_text())
     sys.path.insert(0, w["root"])
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from bench.common import load_average, machine, versions
+    from bench.common import load_average, machine, trl_clock, versions
 
-    marks: dict = {"step_end": [], "loss": []}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            marks["train_begin"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            marks["step_end"].append(time.perf_counter())
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                marks["loss"].append(logs["loss"])
+    marks: dict = {}
+    clock = trl_clock(marks, "loss")
 
     dataset = Dataset.from_list(w["examples"])
     model = AutoModelForCausalLM.from_pretrained(w["model_path"], dtype="float32")
@@ -71,10 +59,10 @@ def main() -> None:
     load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="trl-sft-") as out_dir:
         trainer = SFTTrainer(model=model, args=build_config(w, out_dir), train_dataset=dataset,
-                             processing_class=tokenizer, callbacks=[Clock()])
+                             processing_class=tokenizer, callbacks=[clock])
         trainer.train()
     result = {"train_begin": marks["train_begin"] - STARTED,
-              "step_end": [t - STARTED for t in marks["step_end"]], "loss": marks["loss"],
+              "step_end": [t - STARTED for t in marks["step_end"]], "loss": [row["loss"] for row in marks["logs"]],
               "load_average": [load_start, load_average()],
               "machine": machine(**versions("trl", "transformers", "accelerate")),
               "settings": {"bf16": w["bf16"], "processes": 1, "padding_free": trainer.args.padding_free}}

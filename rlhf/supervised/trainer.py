@@ -169,7 +169,11 @@ def _worker(config: dict) -> None:
     val = shard(job.val, rank, world, 1)  # equal shards; the last micro-batch may be short
     refs = val_refs = None
     if job.kind == "dpo":
+        began = time.perf_counter()
         refs = _reference_logprobs(engine, train, micro, tok.pad_token_id)
+        if rank == 0:  # step 0: the reference pass over the training pairs, outside the step times
+            seconds = time.perf_counter() - began
+            _write_progress(Path(job.out_dir), 0, total_steps(job), seconds, {"reference_s": seconds})
         val_refs = _reference_logprobs(engine, val, micro, tok.pad_token_id)
     # After the DPO reference pass: the reference is the initial model, not the checkpoint's.
     start, train_stats = checkpoints.restore(engine)

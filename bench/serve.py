@@ -10,7 +10,11 @@ drifting load from other work on the machine hits all alike. The servers:
 - `vllm serve`: vLLM's OpenAI server with its defaults (the reference for the ratios);
 - `vllm serve, in-process worker`: the same server with the engine settings a replica uses
   (VLLM_ENABLE_V1_MULTIPROCESSING=0, OMP_NUM_THREADS=1), so `rlhf serve` against this row is
-  Ray Serve's own cost. Every request
+  Ray Serve's own cost;
+- `ray.serve.llm`: Ray Serve's own LLM stack (`build_openai_app`, an `LLMServer` replica behind
+  its OpenAI ingress; bench/serve_llm_app.py), stock, without guardrails or feedback capture:
+  what the QA endpoint would start from were it built on that stack.
+`--servers` picks some of them (`vllm serve` always runs: it is the reference). Every request
 asks for exactly --max-tokens tokens (`ignore_eos`), non-streamed; throughput is completion
 tokens per second of wall time, latency is per request. `rlhf serve` runs as shipped: guard
 rules on, every answer and guard decision written to its SQLite feedback DB.
@@ -39,6 +43,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "rlhf-qa"
 SAME_ENGINE = "vllm serve, in-process worker"
+SERVE_LLM = "ray.serve.llm"
+SERVERS = ("rlhf serve", "vllm serve", SAME_ENGINE, SERVE_LLM)
 QUESTIONS = ["What is {i} plus {j}?", "Name a city near river number {i}.", "How many days are in {i} weeks?",
              "Explain in one sentence why {i} is {j} less than {k}."]
 
@@ -104,23 +110,30 @@ class Server:
                 self.proc.wait()
 
 
-def start_servers(model: str, max_len: int, log_dir: Path) -> list[Server]:
+def start_servers(model: str, max_len: int, log_dir: Path, names: list[str]) -> list[Server]:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
            "RLHF_API_KEYS": "", "RAY_USAGE_STATS_ENABLED": "0"}
     bin_dir = Path(sys.executable).parent
-    rlhf_port, vllm_port, same_port = free_port(), free_port(), free_port()
-    rlhf = Server("rlhf serve", [str(bin_dir / "rlhf"), "serve", "--model", model, "--port", str(rlhf_port),
-                                 f"serve.feedback_db={log_dir / 'feedback.sqlite'}", f"serve.max_model_len={max_len}",
-                                 f"serve.model_name={MODEL_NAME}"], rlhf_port, "/healthz", log_dir, env)
+    rlhf_port, vllm_port, same_port, llm_port = free_port(), free_port(), free_port(), free_port()
+    rlhf_cmd = [str(bin_dir / "rlhf"), "serve", "--model", model, "--port", str(rlhf_port),
+                f"serve.feedback_db={log_dir / 'feedback.sqlite'}", f"serve.max_model_len={max_len}",
+                f"serve.model_name={MODEL_NAME}"]
+
     def vllm_cmd(port: int) -> list[str]:
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
                 "--host", "127.0.0.1", "--served-model-name", MODEL_NAME, "--max-model-len", str(max_len),
                 "--enforce-eager", "--dtype", "float32", "--seed", "0"]
 
-    vllm = Server("vllm serve", vllm_cmd(vllm_port), vllm_port, "/health", log_dir, env)
-    same = Server(SAME_ENGINE, vllm_cmd(same_port), same_port, "/health", log_dir,
-                  {**env, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"})
-    return [rlhf, vllm, same]
+    starts = {
+        "rlhf serve": lambda: Server("rlhf serve", rlhf_cmd, rlhf_port, "/healthz", log_dir, env),
+        "vllm serve": lambda: Server("vllm serve", vllm_cmd(vllm_port), vllm_port, "/health", log_dir, env),
+        SAME_ENGINE: lambda: Server(SAME_ENGINE, vllm_cmd(same_port), same_port, "/health", log_dir,
+                                    {**env, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}),
+        SERVE_LLM: lambda: Server(SERVE_LLM, [sys.executable, str(ROOT / "bench" / "serve_llm_app.py"), model,
+                                              str(llm_port), MODEL_NAME, str(max_len)], llm_port, "/v1/models",
+                                  log_dir, env),
+    }
+    return [start() for name, start in starts.items() if name in names]
 
 
 def question(i: int) -> str:
@@ -195,7 +208,7 @@ def report(results: dict, info: dict) -> Table:
         table.add_column(col, justify="left" if col == "server" else "right")
     for clients in info["concurrency"]:
         ref = results["vllm serve"][clients]
-        for name in ("rlhf serve", "vllm serve", SAME_ENGINE):
+        for name in [n for n in SERVERS if n in results]:
             r = results[name][clients]
             table.add_row(str(clients), name, str(r["requests"]), f"{r['tokens_per_s']:.0f}",
                           f"{r['requests_per_s']:.1f}", f"{r['p50_s']:.3f}", f"{r['p99_s']:.3f}",
@@ -214,6 +227,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS, metavar="SERVER",
+                        help=f"which to run, of: {', '.join(SERVERS)} (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = parser.parse_args()
     console = Console(width=150)
@@ -225,7 +240,7 @@ def main() -> None:
     info = {"model": model, "model_name": Path(model).name, "concurrency": args.concurrency,
             "requests_per_client": args.requests_per_client, "max_tokens": args.max_tokens, "rounds": args.rounds,
             "max_model_len": args.max_model_len, "machine": machine(), "logs": str(log_dir)}
-    servers = start_servers(model, args.max_model_len, log_dir)
+    servers = start_servers(model, args.max_model_len, log_dir, ["vllm serve", *args.servers])
     try:
         for server in servers:
             info[f"start_seconds/{server.name}"] = round(server.wait_ready(timeout=900), 1)

@@ -13,9 +13,11 @@ drifting load from other work on the machine hits all alike. The servers:
   Ray Serve's own cost;
 - `ray.serve.llm`: Ray Serve's own LLM stack (`build_openai_app`, an `LLMServer` replica behind
   its OpenAI ingress; bench/serve_llm_app.py), stock, without guardrails or feedback capture:
-  what the QA endpoint would start from were it built on that stack.
-`--servers` picks some of them (`vllm serve` always runs: it is the reference). Every request
-asks for exactly --max-tokens tokens (`ignore_eos`), non-streamed; throughput is completion
+  what the QA endpoint would start from were it built on that stack;
+- `rlhf serve, guard rules only`: the QA endpoint without its input classifier
+  (`serve.input_guard=""`), to price the classifier.
+`--servers` picks some of them (default: all but the last; `vllm serve` always runs: it is the
+reference). Every request asks for exactly --max-tokens tokens (`ignore_eos`), non-streamed; throughput is completion
 tokens per second of wall time, latency is per request. `rlhf serve` runs as shipped: guard
 rules on, every answer and guard decision written to its SQLite feedback DB.
 
@@ -44,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "rlhf-qa"
 SAME_ENGINE = "vllm serve, in-process worker"
 SERVE_LLM = "ray.serve.llm"
-SERVERS = ("rlhf serve", "vllm serve", SAME_ENGINE, SERVE_LLM)
+RULES_ONLY = "rlhf serve, guard rules only"
+SERVERS = ("rlhf serve", RULES_ONLY, "vllm serve", SAME_ENGINE, SERVE_LLM)
 QUESTIONS = ["What is {i} plus {j}?", "Name a city near river number {i}.", "How many days are in {i} weeks?",
              "Explain in one sentence why {i} is {j} less than {k}."]
 
@@ -114,10 +117,12 @@ def start_servers(model: str, max_len: int, log_dir: Path, names: list[str]) -> 
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
            "RLHF_API_KEYS": "", "RAY_USAGE_STATS_ENABLED": "0"}
     bin_dir = Path(sys.executable).parent
-    rlhf_port, vllm_port, same_port, llm_port = free_port(), free_port(), free_port(), free_port()
-    rlhf_cmd = [str(bin_dir / "rlhf"), "serve", "--model", model, "--port", str(rlhf_port),
-                f"serve.feedback_db={log_dir / 'feedback.sqlite'}", f"serve.max_model_len={max_len}",
-                f"serve.model_name={MODEL_NAME}"]
+    rlhf_port, rules_port, vllm_port, same_port, llm_port = (free_port() for _ in range(5))
+
+    def rlhf_cmd(port: int, *extra: str) -> list[str]:
+        return [str(bin_dir / "rlhf"), "serve", "--model", model, "--port", str(port),
+                f"serve.feedback_db={log_dir / f'feedback-{port}.sqlite'}", f"serve.max_model_len={max_len}",
+                f"serve.model_name={MODEL_NAME}", *extra]
 
     def vllm_cmd(port: int) -> list[str]:
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
@@ -125,7 +130,9 @@ def start_servers(model: str, max_len: int, log_dir: Path, names: list[str]) -> 
                 "--enforce-eager", "--dtype", "float32", "--seed", "0"]
 
     starts = {
-        "rlhf serve": lambda: Server("rlhf serve", rlhf_cmd, rlhf_port, "/healthz", log_dir, env),
+        "rlhf serve": lambda: Server("rlhf serve", rlhf_cmd(rlhf_port), rlhf_port, "/healthz", log_dir, env),
+        RULES_ONLY: lambda: Server(RULES_ONLY, rlhf_cmd(rules_port, "serve.input_guard="), rules_port, "/healthz",
+                                   log_dir, env),
         "vllm serve": lambda: Server("vllm serve", vllm_cmd(vllm_port), vllm_port, "/health", log_dir, env),
         SAME_ENGINE: lambda: Server(SAME_ENGINE, vllm_cmd(same_port), same_port, "/health", log_dir,
                                     {**env, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}),
@@ -227,8 +234,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS, metavar="SERVER",
-                        help=f"which to run, of: {', '.join(SERVERS)} (default: all)")
+    parser.add_argument("--servers", nargs="+", default=[n for n in SERVERS if n != RULES_ONLY], choices=SERVERS,
+                        metavar="SERVER", help=f"which to run, of: {', '.join(SERVERS)} (default: all but "
+                                               f"'{RULES_ONLY}')")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = parser.parse_args()
     console = Console(width=150)

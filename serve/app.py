@@ -64,6 +64,7 @@ from serve.openai_api import (
 
 log = logging.getLogger("ray.serve")
 MAX_BODY_BYTES = 4 << 20
+INPUT_GUARD_BATCH = 64  # requests whose turns the input classifier reads in one forward pass
 
 api = FastAPI(title="rlhf QA endpoint", version="1")
 api.add_middleware(metrics.MetricsMiddleware)
@@ -285,7 +286,7 @@ class QAServer:
     async def _answer(self, job: Job) -> Answer:
         """Input guard, engine, output guard, record: the whole non-streamed request."""
         engine = self.engine  # the answer is this engine's, even if a swap happens meanwhile
-        verdict = await self._guard(self.guard.check_turns, job.guard_turns, self.guard.input_model)
+        verdict = await self._input_guard(job.guard_turns)
         if not verdict.allowed:
             return await self._refuse(job, [verdict], engine=engine)
         gen = await engine.generate(job.ids, job.params, job.id)
@@ -301,7 +302,7 @@ class QAServer:
         """SSE events of one streamed answer. Rules check the growing text; a hit ends the stream
         with finish_reason content_filter. The output classifier judges the finished text."""
         fmt, engine = StreamFormat(job.id, self.s.model_name, kind), self.engine
-        verdict = await self._guard(self.guard.check_turns, job.guard_turns, self.guard.input_model)
+        verdict = await self._input_guard(job.guard_turns)
         if not verdict.allowed:
             ans = await self._refuse(job, [verdict], engine=engine)
             yield fmt.delta(ans.text)
@@ -377,6 +378,26 @@ class QAServer:
     async def _guard(self, check, text, classifier) -> Decision:
         # Rules are microseconds; a classifier forward pass runs off the event loop.
         return await asyncio.to_thread(check, text) if classifier is not None else check(text)
+
+    async def _input_guard(self, turns: list[dict]) -> Decision:
+        """`Guard.check_turns`, with the classifier's forward pass shared by the requests that
+        wait for it at the same time."""
+        verdict, texts = self.guard.prescreen(turns)
+        return self.guard.input_verdict(await self._input_scores(texts)) if texts else verdict
+
+    @serve.batch(max_batch_size=INPUT_GUARD_BATCH, batch_wait_timeout_s=0.001)
+    async def _input_scores(self, requests: list[list[str]]) -> list[list[float]]:
+        """The input classifier's scores of every waiting request's turns, in one forward pass
+        off the event loop: one pass at a time, so the requests that arrive during a pass make
+        the next batch. One text at a time, 64 clients got 0.34x `vllm serve`'s tokens/s
+        against 0.77x without the classifier (bench/README.md, Serving)."""
+        flat = [text for texts in requests for text in texts]
+        scores = await asyncio.to_thread(self.guard.input_model.unsafe_probability, flat)
+        out, start = [], 0
+        for texts in requests:
+            out.append(scores[start : start + len(texts)])
+            start += len(texts)
+        return out
 
     @staticmethod
     def _static(name: str) -> Response:

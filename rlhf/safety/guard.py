@@ -127,13 +127,20 @@ class Guard:
         """Every turn of a conversation: the rules read all of it (system, user, assistant and
         tool turns); the classifier reads each turn but the system one (the operator's; a
         persona prompt there is normal), and the most unsafe turn decides."""
+        verdict, texts = self.prescreen(messages)
+        return self.input_verdict(self.input_model.unsafe_probability(texts)) if texts else verdict
+
+    def prescreen(self, messages: list[dict]) -> tuple[Decision, list[str]]:
+        """The rules' verdict on a conversation, and the turns the input classifier still has to
+        read ([] when the rules decided or there is no classifier). `input_verdict` of their
+        scores completes `check_turns`; the endpoint scores many requests' turns in one batch."""
         whole = self.input_rules("\n".join(m["content"] for m in messages))
-        if not whole.allowed:
-            return whole
-        texts = [m["content"] for m in messages if m["role"] != "system" and m["content"].strip()]
-        if self.input_model is None or not texts:
-            return whole
-        scores = self.input_model.unsafe_probability(texts)
+        if not whole.allowed or self.input_model is None:
+            return whole, []
+        return whole, [m["content"] for m in messages if m["role"] != "system" and m["content"].strip()]
+
+    def input_verdict(self, scores: list[float]) -> Decision:
+        """The input classifier's verdict from the scores of a conversation's turns."""
         return self._verdict(max(scores), "input", "unsafe_input")
 
     def check_output(self, text: str, question: str = "") -> Decision:

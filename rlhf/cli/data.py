@@ -1,4 +1,4 @@
-"""`rlhf data validate|pairs|feedback-export` and `rlhf models prepare|tiny`: data sets and models."""
+"""`rlhf data validate|pairs|askers|feedback-export` and `rlhf models prepare|tiny`: data sets and models."""
 
 from __future__ import annotations
 
@@ -63,6 +63,24 @@ def data_pairs(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDE
     except DataError as exc:
         fail(str(exc))
     out.print(f"{info['pairs']} pairs from {info['questions']} questions -> {info['file']}")
+
+
+@data_app.command("askers")
+def data_askers(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRIDES_ARG,
+                model: str | None = typer.Option(None, help="Model that answers (default model.path)."),
+                out_file: Path = typer.Option(Path("askers.parquet"), "--out", help="QA file to write."),
+                per_question: int = typer.Option(3, help="Asked variants of each question."),
+                ) -> None:
+    """Consistency data against asker bias: the model's answer to each bare question, also as the
+    answer when someone (a name, non-native phrasing) asks it; a QA file for sft.data."""
+    from rlhf.redteam.consistency import generate
+
+    cfg = load(config, overrides)
+    try:
+        info = generate(cfg, model or cfg.model.path, out_file, per_question)
+    except DataError as exc:
+        fail(str(exc))
+    out.print(f"{info['rows']} rows from {info['kept']} of {info['questions']} questions -> {info['file']}")
 
 
 @data_app.command("feedback-export")

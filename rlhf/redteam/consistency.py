@@ -1,0 +1,106 @@
+"""Consistency data against asker bias: the model's own answer to a bare question becomes the
+answer to the same question asked by someone (a name, a pronoun, non-native phrasing).
+
+Bias-augmented consistency training (Chua et al., 2024, "Bias-Augmented Consistency Training
+Reduces Biased Reasoning in Chain-of-Thought"): no new facts are taught, only that who asks must
+not move the answer. `rlhf data askers` writes the rows as a QA file for the SFT stage. The
+questions, askers, names and phrasings are the guard's half of the material (attacks.yaml
+`everyday` and `consistency`); none of the red team's bias facts, frames or personas is among
+them (`check_held_out`).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pyarrow as pa
+
+from rlhf.config.tree import Config
+from rlhf.data.readers import DataError
+from rlhf.redteam.attacks import _fill, _lower_first, material
+
+
+def training_questions(sums: int = 30, seed: int = 0) -> list[str]:
+    """The guard half's closed questions, its knowledge questions and `sums` small sums,
+    differences and products (none of them a red-team fact)."""
+    m = material()
+    facts = {f["q"] for f in m["facts"]}
+    rng = random.Random(seed)
+    arithmetic: list[str] = []
+    while len(arithmetic) < sums:
+        q = f"What is {rng.randint(2, 20)} {rng.choice(['plus', 'minus', 'times'])} {rng.randint(2, 12)}?"
+        if q not in facts and q not in arithmetic:
+            arithmetic.append(q)
+    return m["consistency"]["questions"] + m["everyday"]["knowledge"] + arithmetic
+
+
+def askers() -> list[str]:
+    """Frames with {question} (and {name}, {question_lower}): the guard's askers and non-native
+    phrasings, less any frame worded like one the red team's bias suite uses."""
+    from difflib import SequenceMatcher
+
+    m = material()
+    held_out = [_frame_key(f) for f in m["bias"]["frames"] + m["bias"]["learner_phrasing"]]
+    frames = list(dict.fromkeys(m["everyday"]["askers"] + m["consistency"]["learner"]))
+    return [f for f in frames if all(SequenceMatcher(None, _frame_key(f), h).ratio() < 0.8 for h in held_out)]
+
+
+def _frame_key(frame: str) -> str:
+    """A frame with its placeholders and pronouns blanked, to compare frames by their wording."""
+    out = frame.lower()
+    for word in ("{person}", "{name}", "{possessive}", "{question}", "{question_lower}", "their", "his", "her"):
+        out = out.replace(word, "_")
+    return " ".join(out.replace(",", " ").split())
+
+
+def check_held_out(questions: list[str]) -> None:
+    """No red-team bias fact among the training questions, no bias persona among the names."""
+    m = material()
+    facts = {f["q"].lower() for f in m["facts"]}
+    if clash := [q for q in questions if q.lower() in facts]:
+        raise DataError(f"consistency questions include red-team bias facts: {clash[:3]}")
+    personas = {who["person"] for attr in ("gender", "ethnicity") for who in m["bias"][attr]}
+    if clash := personas & set(m["everyday"]["names"]):
+        raise DataError(f"consistency names include red-team bias personas: {sorted(clash)}")
+
+
+def consistency_rows(questions: list[str], answers: list[str], per_question: int,
+                     rng: random.Random) -> list[dict]:
+    """QA rows: each question bare, then `per_question` times asked by someone, all with the
+    bare question's answer. Frames and names are drawn without repeats within a question."""
+    frames, names = askers(), material()["everyday"]["names"]
+    rows = []
+    for question, answer in zip(questions, answers):
+        rows.append({"question": question, "answer": answer})
+        for frame in rng.sample(frames, min(per_question, len(frames))):
+            text = _fill(frame, name=rng.choice(names), question=question, question_lower=_lower_first(question))
+            rows.append({"question": text[:1].upper() + text[1:], "answer": answer})
+    return rows
+
+
+def generate(cfg: Config, model: str, out_path: str | Path, per_question: int = 3,
+             questions: list[str] | None = None, max_new_tokens: int = 64) -> dict:
+    """The model's greedy answers to the bare questions (as the policy is prompted:
+    model.system_prompt, chat template), kept where the answer ended within `max_new_tokens`;
+    written with their asked variants as a QA file for `sft.data`."""
+    from rlhf.data.prompts import encode_questions
+    from rlhf.data.tables import save
+    from rlhf.models.loading import load_tokenizer, resolve_model_path
+    from rlhf.models.offline import OfflineEngine, inference_config
+
+    path = resolve_model_path(model)
+    questions = questions or training_questions(seed=cfg.data.seed)
+    check_held_out(questions)
+    prompts = encode_questions(load_tokenizer(path), questions, cfg)
+    params = {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
+    with OfflineEngine(path, inference_config(cfg), max_new_tokens) as engine:
+        samples = [out[0] for out in engine.sample(prompts, params, use_tqdm=True)]
+    kept = [(q, s.text.strip()) for q, s in zip(questions, samples) if s.finish_reason == "stop" and s.text.strip()]
+    if not kept:
+        raise DataError(f"none of {len(questions)} answers ended within {max_new_tokens} tokens; raise max_new_tokens")
+    rows = consistency_rows([q for q, _ in kept], [a for _, a in kept], per_question, random.Random(cfg.data.seed))
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(pa.Table.from_pylist(rows), out)
+    return {"questions": len(questions), "kept": len(kept), "rows": len(rows), "file": str(out)}

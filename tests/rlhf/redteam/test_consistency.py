@@ -1,0 +1,52 @@
+"""Consistency data against asker bias: held out from the red team's bias suite, and one answer
+per question whoever asks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rlhf.data.readers import DataError
+from rlhf.redteam.attacks import build, material
+from rlhf.redteam.consistency import _frame_key, askers, check_held_out, consistency_rows, training_questions
+
+pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
+
+
+def test_no_bias_suite_fact_frame_or_persona_is_trained_on():
+    m = material()
+    questions = training_questions()
+    check_held_out(questions)
+    assert len(questions) == len(set(questions)) >= 90
+    bias_texts = [a.messages[-1]["content"] for a in build(["bias"], "redteam", 7, 0, 24)]
+    assert not any(q in text for q in questions for text in bias_texts)
+    frames = askers()
+    held_out = {_frame_key(f) for f in m["bias"]["frames"] + m["bias"]["learner_phrasing"]}
+    assert not held_out & {_frame_key(f) for f in frames}
+    # The guard's "{name} is asking for help. Their question:" is the bias suite's frame: left out.
+    assert "{name} is asking for help. Their question: {question}" in m["everyday"]["askers"]
+    assert "{name} is asking for help. Their question: {question}" not in frames
+    # ... and so is one worded like a bias frame but for a word ("a customer" / "a new customer").
+    assert "Question from {name}, a customer: {question}" not in frames
+    assert len(frames) >= 15 and len(frames) == len(set(frames))
+
+
+def test_a_red_team_fact_or_persona_among_the_training_material_is_refused():
+    fact = material()["facts"][0]["q"]
+    with pytest.raises(DataError, match="red-team bias facts"):
+        check_held_out(["What is the capital of Peru?", fact.upper()])
+
+
+def test_every_variant_of_a_question_carries_the_bare_answer():
+    rows = consistency_rows(["What is the capital of Peru?", "What do bees make?"], ["Lima.", "Honey."], 3,
+                            random.Random(0))
+    assert len(rows) == 8
+    assert rows[0] == {"question": "What is the capital of Peru?", "answer": "Lima."}
+    peru = [r for r in rows if "Peru" in r["question"] or "peru" in r["question"]]
+    assert len(peru) == 4 and {r["answer"] for r in peru} == {"Lima."}
+    assert len({r["question"] for r in peru}) == 4  # three different askers
+    assert all(r["question"][0].isupper() for r in rows)
+    names = material()["everyday"]["names"]
+    assert any(n in r["question"] for r in rows for n in names)
+    assert not any("{" in r["question"] for r in rows)

@@ -787,8 +787,7 @@ rollout: {{max_new_tokens: 16, temperature: 1.0}}
 serve: {{feedback_db: {tmp_path / 'fb.sqlite'}}}
 review: {{run_dir: {tmp_path / 'rounds'}, candidates: 64, batch_size: 64, random_fraction: 0.0,
           production_fraction: 0.0, reviewers_per_item: 1, method: dpo}}
-dpo: {{lr: 0.001, beta: 0.1, epochs: 1, batch_size: 8, micro_batch_size: 4, max_length: 96, val_fraction: 0.2,
-       num_workers: 1, zero_stage: 0}}
+dpo: {{lr: 0.001, beta: 0.1, epochs: 1, batch_size: 8, micro_batch_size: 4, max_length: 96, val_fraction: 0.2}}
 """)
     cfg = load_config(config)
     ours = not ray.is_initialized()

@@ -29,6 +29,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+"""The CPU flags that decide how fast torch and vLLM run on the CPU (native bf16 or not)."""
+
+
+def cpu_flags() -> str:
+    """Which of SIMD_FLAGS this CPU has, space-separated ("" where /proc/cpuinfo is unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in SIMD_FLAGS if f in have)
+    except OSError:
+        pass
+    return ""
+
+
 def memory_gib() -> float:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -45,7 +61,7 @@ def load_average() -> list[float]:
 
 def machine(**extra) -> dict:
     """What the numbers were measured on; `extra` adds library versions of one side."""
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": memory_gib(),
+    info = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "memory_gib": memory_gib(),
             "python": platform.python_version(), "os": f"{platform.system()} {platform.release()}"}
     try:
         import torch

@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 MODEL_NAME = "rlhf-qa"
 SAME_ENGINE = "vllm serve, in-process worker"
 SERVE_LLM = "ray.serve.llm"
@@ -53,22 +54,16 @@ QUESTIONS = ["What is {i} plus {j}?", "Name a city near river number {i}.", "How
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench.common import cpu_flags, cpu_model
+
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import ray
     import torch
     import vllm
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version(),
-            "ray": ray.__version__, "vllm": vllm.__version__, "torch": torch.__version__,
-            "load_average_start": [round(x, 1) for x in os.getloadavg()]}
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "memory_gib": round(mem, 1),
+            "python": platform.python_version(), "ray": ray.__version__, "vllm": vllm.__version__,
+            "torch": torch.__version__, "load_average_start": [round(x, 1) for x in os.getloadavg()]}
 
 
 def free_port() -> int:
@@ -221,7 +216,8 @@ def report(results: dict, info: dict) -> Table:
                           f"{r['requests_per_s']:.1f}", f"{r['p50_s']:.3f}", f"{r['p99_s']:.3f}",
                           f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x", f"{r['p99_s'] / ref['p99_s']:.2f}x")
     m = info["machine"]
-    table.caption = (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; load average {m['load_average_start']} "
+    table.caption = (f"{m['cpu']} ({m['cpu_flags']}), {m['cores']} cores, {m['memory_gib']} GiB; "
+                     f"load average {m['load_average_start']} "
                      f"-> {m['load_average_end']}; ray {m['ray']}, vllm {m['vllm']}, torch {m['torch']}")
     return table
 

@@ -112,13 +112,15 @@ def stage_job(cfg, stage: str, steps: int, tmp: Path):
 
 def trl_examples(stage: str, train: list) -> list[dict]:
     """Our tokenised examples in the columns TRL's trainer reads (bench/trl_finetune.py)."""
+    from rlhf.supervised.objectives import IGNORE
+
     if stage == "sft":
-        return [{"input_ids": e.input_ids, "completion_mask": [int(x != -100) for x in e.labels]} for e in train]
+        return [{"input_ids": e.input_ids, "completion_mask": [int(x != IGNORE) for x in e.labels]} for e in train]
     if stage == "rm":
         return [{"chosen_ids": p.chosen.input_ids, "rejected_ids": p.rejected.input_ids} for p in train]
     out = []
     for p in train:
-        prompt = sum(1 for x in p.chosen.labels if x == -100)  # labels mask the prompt tokens
+        prompt = sum(1 for x in p.chosen.labels if x == IGNORE)  # labels mask the prompt tokens
         out.append({"prompt_ids": p.chosen.input_ids[:prompt], "chosen_ids": p.chosen.input_ids[prompt:],
                     "rejected_ids": p.rejected.input_ids[prompt:]})
     return out

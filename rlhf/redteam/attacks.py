@@ -58,7 +58,7 @@ def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def _fill(template: str, **values: str) -> str:
+def fill(template: str, **values: str) -> str:
     for key, value in values.items():
         template = template.replace("{" + key + "}", value)
     return template
@@ -70,7 +70,7 @@ def _templates(section: dict, side: str) -> list[tuple[str, str]]:
 
 def lookalikes() -> list[str]:
     """Safe questions that sound unsafe (the guard's training only): every frame with each fill."""
-    return [item["frame"].replace("{x}", fill) for item in material()["lookalikes"] for fill in item["fills"]]
+    return [item["frame"].replace("{x}", x) for item in material()["lookalikes"] for x in item["fills"]]
 
 
 def harmful_payloads(side: str) -> list[str]:
@@ -92,16 +92,16 @@ def injection(side: str, rng: random.Random, n: int) -> list[Attempt]:
     out = []
     for i in range(n):
         mark = canary(rng)
-        goal = _fill(rng.choice(m["injection_goals"]), canary=mark)
+        goal = fill(rng.choice(m["injection_goals"]), canary=mark)
         if i % 2 == 0:
             t, template = rng.choice(_templates(m["injection"], side))
-            text = _fill(template, goal=goal)
+            text = fill(template, goal=goal)
             kind = f"injection/{side}/{t}"
         else:
             t, template = rng.choice(_templates(m["indirect"], side))
             _, hidden = rng.choice(_templates(m["hidden_instructions"], side))
-            passage = _fill(rng.choice(m["passages"]), hidden=_fill(hidden, goal=goal))
-            text = _fill(template, passage=passage, question=rng.choice(m["passage_questions"]))
+            passage = fill(rng.choice(m["passages"]), hidden=fill(hidden, goal=goal))
+            text = fill(template, passage=passage, question=rng.choice(m["passage_questions"]))
             kind = f"indirect/{side}/{t}"
         out.append(Attempt(f"injection-{i}", "injection", user(text), kind, canary=mark))
     return out
@@ -116,7 +116,7 @@ def system_prompt(side: str, rng: random.Random, n: int) -> list[Attempt]:
     for i in range(n):
         mark = canary(rng)
         kind, attack = rng.choice(attacks)
-        messages = [{"role": "system", "content": _fill(m["system_prompt"]["system"], canary=mark)}, *user(attack)]
+        messages = [{"role": "system", "content": fill(m["system_prompt"]["system"], canary=mark)}, *user(attack)]
         out.append(Attempt(f"system_prompt-{i}", "system_prompt", messages, kind, canary=mark))
     return out
 
@@ -133,16 +133,16 @@ def jailbreak(side: str, rng: random.Random, n: int) -> list[Attempt]:
         if kind == 0:  # a framing template around an encoded payload
             t, template = rng.choice(_templates(m["jailbreak"], side))
             mutation = rng.choice(ENCODINGS)
-            messages, where = user(_fill(template, payload=MUTATIONS[mutation](payload, rng))), f"jailbreak/{side}/{t}"
+            messages, where = user(fill(template, payload=MUTATIONS[mutation](payload, rng))), f"jailbreak/{side}/{t}"
         elif kind == 1:  # a plain framing
             t, template = rng.choice(_templates(m["jailbreak"], side))
-            messages, where = user(_fill(template, payload=payload)), f"jailbreak/{side}/{t}"
+            messages, where = user(fill(template, payload=payload)), f"jailbreak/{side}/{t}"
         elif kind == 2:  # an in-the-wild jailbreak prompt, then the request
             messages, where = user(f"{rng.choice(wild)}\n\n{payload}"), "corpus:inthewild"
         else:  # multi-turn escalation
             t, turns = rng.choice(_templates(m["multi_turn"], side))
             roles = ["user", "assistant"] * len(turns)
-            messages = [{"role": r, "content": _fill(x, payload=payload)} for r, x in zip(roles, turns)]
+            messages = [{"role": r, "content": fill(x, payload=payload)} for r, x in zip(roles, turns)]
             where = f"multi_turn/{side}/{t}"
         out.append(Attempt(f"jailbreak-{i}", "jailbreak", messages, where, mutation))
     return out
@@ -180,7 +180,7 @@ def pii(side: str, rng: random.Random, n: int) -> list[Attempt]:
         else:
             t, template = rng.choice(_templates(m["echo"], side))
             secrets, where = [person["card"]], f"pii_echo/{side}/{t}"
-        out.append(Attempt(f"pii-{i}", "pii", user(_fill(template, **person)), where, secrets=secrets))
+        out.append(Attempt(f"pii-{i}", "pii", user(fill(template, **person)), where, secrets=secrets))
     return out
 
 
@@ -189,7 +189,7 @@ def _facts(rng: random.Random, n: int) -> list[dict]:
     return rng.sample(facts, min(n, len(facts)))
 
 
-def _lower_first(question: str) -> str:
+def lower_first(question: str) -> str:
     return question[:1].lower() + question[1:]
 
 
@@ -204,9 +204,9 @@ def bias(side: str, rng: random.Random, n: int) -> list[Attempt]:
             for v, who in enumerate(m[attribute]):
                 question = fact["q"]
                 if who.get("style") == "learner":
-                    question = _fill(m["learner_phrasing"][c % len(m["learner_phrasing"])],
-                                     question_lower=_lower_first(question))
-                text = _fill(frame, person=who["person"], possessive=who["possessive"], question=question)
+                    question = fill(m["learner_phrasing"][c % len(m["learner_phrasing"])],
+                                     question_lower=lower_first(question))
+                text = fill(frame, person=who["person"], possessive=who["possessive"], question=question)
                 text = text[:1].upper() + text[1:]
                 out.append(Attempt(f"bias-{attribute}-{c}-{v}", "bias", user(text), f"bias/{attribute}",
                                    reference=fact["a"],
@@ -222,7 +222,7 @@ def robustness(side: str, rng: random.Random, n: int) -> list[Attempt]:
     for c, fact in enumerate(_facts(rng, n)):
         q = fact["q"]
         variants = {"clean": q, "typos": MUTATIONS["typos"](q, rng), "upper": q.upper(), "lower": q.lower(),
-                    "paraphrase": _fill(rng.choice(paraphrases), question=q, question_lower=_lower_first(q))}
+                    "paraphrase": fill(rng.choice(paraphrases), question=q, question_lower=lower_first(q))}
         for variant, text in variants.items():
             out.append(Attempt(f"robustness-{c}-{variant}", "robustness", user(text), "robustness",
                                "none" if variant in ("clean", "paraphrase") else variant, reference=fact["a"],

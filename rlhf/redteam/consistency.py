@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from rlhf.config.tree import Config
 from rlhf.data.readers import DataError
-from rlhf.redteam.attacks import _fill, _lower_first, material
+from rlhf.redteam.attacks import fill, lower_first, material
 
 
 def training_questions(sums: int = 30, seed: int = 0) -> list[str]:
@@ -74,7 +74,7 @@ def consistency_rows(questions: list[str], answers: list[str], per_question: int
     for question, answer in zip(questions, answers):
         rows.append({"question": question, "answer": answer})
         for frame in rng.sample(frames, min(per_question, len(frames))):
-            text = _fill(frame, name=rng.choice(names), question=question, question_lower=_lower_first(question))
+            text = fill(frame, name=rng.choice(names), question=question, question_lower=lower_first(question))
             rows.append({"question": text[:1].upper() + text[1:], "answer": answer})
     return rows
 

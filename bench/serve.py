@@ -197,7 +197,9 @@ def measure(servers: list[Server], levels: list[int], per_client: int, max_token
         for clients in levels:
             # Alternate who goes first, so neither server always runs right after the other.
             for server in servers if rnd % 2 == 0 else servers[::-1]:
-                result = asyncio.run(burst(server.url, clients, per_client, max_tokens, offset=rnd * 100_000))
+                # Every question is new to every server: no cache (the guard's, vLLM's prefixes) sees it twice.
+                offset = rnd * 100_000 + clients * 1_000
+                result = asyncio.run(burst(server.url, clients, per_client, max_tokens, offset=offset))
                 raw[server.name][clients].append(result)
                 console.log(f"round {rnd + 1} {server.name} x{clients}: {result['tokens'] / result['wall']:.0f} tok/s")
     return {name: {c: summarize(runs) for c, runs in by_level.items()} for name, by_level in raw.items()}

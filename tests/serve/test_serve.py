@@ -421,7 +421,7 @@ def _ask(http, question="What is 2 plus 2?", **extra):
 @pytest.mark.slow
 def test_concurrent_requests_share_the_input_classifier_and_keep_their_verdicts(server):
     """The replica scores the turns of requests that wait at the same time in one batch
-    (serve.batch); each request still gets its own conversation's verdict."""
+    (serve/guard_batch.py); each request still gets its own conversation's verdict."""
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx

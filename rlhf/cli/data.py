@@ -70,14 +70,16 @@ def data_askers(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRID
                 model: str | None = typer.Option(None, help="Model that answers (default model.path)."),
                 out_file: Path = typer.Option(Path("askers.parquet"), "--out", help="QA file to write."),
                 per_question: int = typer.Option(3, help="Asked variants of each question."),
+                sums: int = typer.Option(30, help="Small sums among the questions (their answers computed)."),
                 ) -> None:
-    """Consistency data against asker bias: the model's answer to each bare question, also as the
-    answer when someone (a name, non-native phrasing) asks it; a QA file for sft.data."""
+    """Consistency data against asker bias: the model's answer to each bare question (a small
+    sum's computed one), also as the answer when someone (a name, non-native phrasing) asks it;
+    a QA file for sft.data."""
     from rlhf.redteam.consistency import generate
 
     cfg = load(config, overrides)
     try:
-        info = generate(cfg, model or cfg.model.path, out_file, per_question)
+        info = generate(cfg, model or cfg.model.path, out_file, per_question, sums=sums)
     except DataError as exc:
         fail(str(exc))
     out.print(f"{info['rows']} rows from {info['kept']} of {info['questions']} questions -> {info['file']}")

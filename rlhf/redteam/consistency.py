@@ -3,7 +3,9 @@ answer to the same question asked by someone (a name, a pronoun, non-native phra
 
 Bias-augmented consistency training (Chua et al., 2024, "Bias-Augmented Consistency Training
 Reduces Biased Reasoning in Chain-of-Thought"): no new facts are taught, only that who asks must
-not move the answer. `rlhf data askers` writes the rows as a QA file for the SFT stage. The
+not move the answer. Small sums are the exception: their answer is computed (`exact_answers`),
+since a small model's own sum is often wrong and a wrong answer repeated for every asker
+teaches the flip it was meant to remove. `rlhf data askers` writes the rows as a QA file for the SFT stage. The
 questions, askers, names and phrasings are the guard's half of the material (attacks.yaml
 `everyday` and `consistency`); none of the red team's bias facts, frames or personas is among
 them (`check_held_out`).
@@ -11,7 +13,9 @@ them (`check_held_out`).
 
 from __future__ import annotations
 
+import operator
 import random
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +37,21 @@ def training_questions(sums: int = 30, seed: int = 0) -> list[str]:
         if q not in facts and q not in arithmetic:
             arithmetic.append(q)
     return m["consistency"]["questions"] + m["everyday"]["knowledge"] + arithmetic
+
+
+OPERATIONS = {"plus": operator.add, "minus": operator.sub, "times": operator.mul}
+SUM = re.compile(r"What is (\d+) (plus|minus|times) (\d+)\?")
+
+
+def exact_answers(questions: list[str]) -> dict[str, str]:
+    """The computed answer of each small sum among `questions` ("What is 7 times 8?" -> "7 times 8
+    is 56.")."""
+    out = {}
+    for q in questions:
+        if m := SUM.fullmatch(q):
+            a, op, b = int(m[1]), m[2], int(m[3])
+            out[q] = f"{a} {op} {b} is {OPERATIONS[op](a, b)}."
+    return out
 
 
 def askers() -> list[str]:
@@ -80,23 +99,27 @@ def consistency_rows(questions: list[str], answers: list[str], per_question: int
 
 
 def generate(cfg: Config, model: str, out_path: str | Path, per_question: int = 3,
-             questions: list[str] | None = None, max_new_tokens: int = 64) -> dict:
+             questions: list[str] | None = None, max_new_tokens: int = 64, sums: int = 30) -> dict:
     """The model's greedy answers to the bare questions (as the policy is prompted:
-    model.system_prompt, chat template), kept where the answer ended within `max_new_tokens`;
-    written with their asked variants as a QA file for `sft.data`."""
+    model.system_prompt, chat template), kept where the answer ended within `max_new_tokens`, and
+    the computed answers of `sums` small sums; written with their asked variants as a QA file for
+    `sft.data`."""
     from rlhf.data.prompts import encode_questions
     from rlhf.data.tables import save
     from rlhf.models.loading import load_tokenizer, resolve_model_path
     from rlhf.models.offline import OfflineEngine, inference_config
 
     path = resolve_model_path(model)
-    questions = questions or training_questions(seed=cfg.data.seed)
+    questions = questions or training_questions(sums, seed=cfg.data.seed)
     check_held_out(questions)
-    prompts = encode_questions(load_tokenizer(path), questions, cfg)
+    exact = exact_answers(questions)
+    asked = [q for q in questions if q not in exact]
+    prompts = encode_questions(load_tokenizer(path), asked, cfg)
     params = {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
     with OfflineEngine(path, inference_config(cfg), max_new_tokens) as engine:
-        samples = [out[0] for out in engine.sample(prompts, params, use_tqdm=True)]
-    kept = [(q, s.text.strip()) for q, s in zip(questions, samples) if s.finish_reason == "stop" and s.text.strip()]
+        samples = [out[0] for out in engine.sample(prompts, params, use_tqdm=True)] if prompts else []
+    kept = [(q, s.text.strip()) for q, s in zip(asked, samples) if s.finish_reason == "stop" and s.text.strip()]
+    kept += list(exact.items())
     if not kept:
         raise DataError(f"none of {len(questions)} answers ended within {max_new_tokens} tokens; raise max_new_tokens")
     rows = consistency_rows([q for q, _ in kept], [a for _, a in kept], per_question, random.Random(cfg.data.seed))

@@ -9,7 +9,14 @@ import pytest
 
 from rlhf.data.readers import DataError
 from rlhf.redteam.attacks import build, material
-from rlhf.redteam.consistency import _frame_key, askers, check_held_out, consistency_rows, training_questions
+from rlhf.redteam.consistency import (
+    _frame_key,
+    askers,
+    check_held_out,
+    consistency_rows,
+    exact_answers,
+    training_questions,
+)
 
 pytestmark = pytest.mark.no_ray  # runs beside the `alone` tests in make test
 
@@ -50,3 +57,12 @@ def test_every_variant_of_a_question_carries_the_bare_answer():
     names = material()["everyday"]["names"]
     assert any(n in r["question"] for r in rows for n in names)
     assert not any("{" in r["question"] for r in rows)
+
+
+def test_small_sums_carry_their_computed_answer_and_nothing_else_does():
+    questions = training_questions(sums=40)
+    exact = exact_answers(questions)
+    assert len(exact) == 40 and all(q.startswith("What is ") for q in exact)
+    assert exact_answers(["What is 7 times 8?", "What is 3 minus 12?", "What is 2 plus 3 apples?",
+                          "What is the capital of Peru?"]) == {"What is 7 times 8?": "7 times 8 is 56.",
+                                                               "What is 3 minus 12?": "3 minus 12 is -9."}

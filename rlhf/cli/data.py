@@ -71,6 +71,8 @@ def data_askers(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRID
                 out_file: Path = typer.Option(Path("askers.parquet"), "--out", help="QA file to write."),
                 per_question: int = typer.Option(3, help="Asked variants of each question."),
                 sums: int = typer.Option(30, help="Small sums among the questions (their answers computed)."),
+                refusals: int = typer.Option(0, help="Also refuse this many of the guard half's harmful requests "
+                                                     "and as many jailbreaks; answer as many benign look-alikes."),
                 ) -> None:
     """Consistency data against asker bias: the model's answer to each bare question (a small
     sum's computed one), also as the answer when someone (a name, non-native phrasing) asks it;
@@ -79,10 +81,11 @@ def data_askers(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRID
 
     cfg = load(config, overrides)
     try:
-        info = generate(cfg, model or cfg.model.path, out_file, per_question, sums=sums)
+        info = generate(cfg, model or cfg.model.path, out_file, per_question, sums=sums, refusals=refusals)
     except DataError as exc:
         fail(str(exc))
-    out.print(f"{info['rows']} rows from {info['kept']} of {info['questions']} questions -> {info['file']}")
+    out.print(f"{info['rows']} rows ({info['refusals']} refusals) from {info['kept']} of {info['questions']} "
+              f"questions -> {info['file']}")
 
 
 @data_app.command("feedback-export")

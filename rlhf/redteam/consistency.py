@@ -5,7 +5,14 @@ Bias-augmented consistency training (Chua et al., 2024, "Bias-Augmented Consiste
 Reduces Biased Reasoning in Chain-of-Thought"): no new facts are taught, only that who asks must
 not move the answer. Small sums are the exception: their answer is computed (`exact_answers`),
 since a small model's own sum is often wrong and a wrong answer repeated for every asker
-teaches the flip it was meant to remove. `rlhf data askers` writes the rows as a QA file for the SFT stage. The
+teaches the flip it was meant to remove.
+
+Consistency SFT alone made SmolLM2 follow more jailbreaks (bench/README.md), so `refusal_rows`
+can add a safety slice: the guard half's harmful requests and single-turn jailbreaks with a
+refusal as the answer, and its benign look-alikes ("how do I kill a stuck process") with the
+model's own answer, so refusing is learnt for the requests and not for their vocabulary.
+
+`rlhf data askers` writes the rows as a QA file for the SFT stage. The
 questions, askers, names and phrasings are the guard's half of the material (attacks.yaml
 `everyday` and `consistency`); none of the red team's bias facts, frames or personas is among
 them (`check_held_out`).
@@ -23,6 +30,7 @@ import pyarrow as pa
 from rlhf.config.tree import Config
 from rlhf.data.readers import DataError
 from rlhf.redteam.attacks import fill, lower_first, material
+from rlhf.redteam.detectors import REFUSAL
 
 
 def training_questions(sums: int = 30, seed: int = 0) -> list[str]:
@@ -52,6 +60,23 @@ def exact_answers(questions: list[str]) -> dict[str, str]:
             a, op, b = int(m[1]), m[2], int(m[3])
             out[q] = f"{a} {op} {b} is {OPERATIONS[op](a, b)}."
     return out
+
+
+def refusal_rows(n: int, seed: int = 0) -> tuple[list[dict], list[str]]:
+    """QA rows refusing `n` of the guard half's harmful requests and `n` of its single-turn
+    jailbreaks, and `n` of its benign look-alikes for the model to answer."""
+    from rlhf.redteam.attacks import build
+    from rlhf.redteam.guard_answers import REFUSALS
+    from rlhf.redteam.split import GUARD
+
+    rng = random.Random(seed)
+    attacks = [a for a in build(["harmful", "jailbreak"], GUARD, seed, n * 2, 0) if len(a.messages) == 1]
+    rows = []
+    for suite in ("harmful", "jailbreak"):
+        picked = [a for a in attacks if a.suite == suite][:n]
+        rows += [{"question": a.messages[0]["content"], "answer": rng.choice(REFUSALS)} for a in picked]
+    benign = [a.messages[0]["content"] for a in build(["benign"], GUARD, seed, n, 0)]
+    return rows, list(dict.fromkeys(benign))
 
 
 def askers() -> list[str]:
@@ -99,11 +124,12 @@ def consistency_rows(questions: list[str], answers: list[str], per_question: int
 
 
 def generate(cfg: Config, model: str, out_path: str | Path, per_question: int = 3,
-             questions: list[str] | None = None, max_new_tokens: int = 64, sums: int = 30) -> dict:
+             questions: list[str] | None = None, max_new_tokens: int = 64, sums: int = 30,
+             refusals: int = 0) -> dict:
     """The model's greedy answers to the bare questions (as the policy is prompted:
-    model.system_prompt, chat template), kept where the answer ended within `max_new_tokens`, and
-    the computed answers of `sums` small sums; written with their asked variants as a QA file for
-    `sft.data`."""
+    model.system_prompt, chat template), kept where the answer ended within `max_new_tokens` and
+    is not a refusal, and the computed answers of `sums` small sums; written with their asked
+    variants as a QA file for `sft.data`, with `refusal_rows(refusals)` when asked for."""
     from rlhf.data.prompts import encode_questions
     from rlhf.data.tables import save
     from rlhf.models.loading import load_tokenizer, resolve_model_path
@@ -113,17 +139,21 @@ def generate(cfg: Config, model: str, out_path: str | Path, per_question: int = 
     questions = questions or training_questions(sums, seed=cfg.data.seed)
     check_held_out(questions)
     exact = exact_answers(questions)
-    asked = [q for q in questions if q not in exact]
+    refusing, benign = refusal_rows(refusals, cfg.data.seed) if refusals else ([], [])
+    asked = [q for q in questions if q not in exact] + benign
     prompts = encode_questions(load_tokenizer(path), asked, cfg)
     params = {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
     with OfflineEngine(path, inference_config(cfg), max_new_tokens) as engine:
         samples = [out[0] for out in engine.sample(prompts, params, use_tqdm=True)] if prompts else []
-    kept = [(q, s.text.strip()) for q, s in zip(asked, samples) if s.finish_reason == "stop" and s.text.strip()]
+    kept = [(q, s.text.strip()) for q, s in zip(asked, samples)
+            if s.finish_reason == "stop" and s.text.strip() and not REFUSAL.search(s.text)]
     kept += list(exact.items())
     if not kept:
         raise DataError(f"none of {len(questions)} answers ended within {max_new_tokens} tokens; raise max_new_tokens")
     rows = consistency_rows([q for q, _ in kept], [a for _, a in kept], per_question, random.Random(cfg.data.seed))
+    rows += refusing
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     save(pa.Table.from_pylist(rows), out)
-    return {"questions": len(questions), "kept": len(kept), "rows": len(rows), "file": str(out)}
+    return {"questions": len(questions) + len(benign), "kept": len(kept), "rows": len(rows), "refusals": len(refusing),
+            "file": str(out)}

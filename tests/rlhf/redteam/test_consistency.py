@@ -15,6 +15,7 @@ from rlhf.redteam.consistency import (
     check_held_out,
     consistency_rows,
     exact_answers,
+    refusal_rows,
     training_questions,
 )
 
@@ -66,3 +67,15 @@ def test_small_sums_carry_their_computed_answer_and_nothing_else_does():
     assert exact_answers(["What is 7 times 8?", "What is 3 minus 12?", "What is 2 plus 3 apples?",
                           "What is the capital of Peru?"]) == {"What is 7 times 8?": "7 times 8 is 56.",
                                                                "What is 3 minus 12?": "3 minus 12 is -9."}
+
+
+def test_the_safety_slice_refuses_the_guard_halfs_attacks_and_keeps_its_look_alikes_to_answer():
+    from rlhf.redteam.guard_answers import REFUSALS
+    from rlhf.redteam.split import REDTEAM
+
+    rows, benign = refusal_rows(20)
+    assert len(rows) == 40 and all(r["answer"] in REFUSALS for r in rows)
+    assert 10 <= len(benign) <= 20 and not {r["question"] for r in rows} & set(benign)
+    held = build(["harmful", "jailbreak", "benign"], REDTEAM, 7, 40, 0)
+    red_team = {m["content"] for a in held for m in a.messages}
+    assert not red_team & ({r["question"] for r in rows} | set(benign))

@@ -79,6 +79,16 @@ def refusal_rows(n: int, seed: int = 0) -> tuple[list[dict], list[str]]:
     return rows, list(dict.fromkeys(benign))
 
 
+def _answer(sample, cut: bool) -> str:
+    """A sample's answer: its text if it ended (else, with `cut`, its whole sentences); "" for a
+    refusal, or for an answer that did not end."""
+    text = sample.text.strip()
+    if sample.finish_reason != "stop":
+        end = max(text.rfind(mark) for mark in ".!?\n") if cut else -1
+        text = text[: end + 1].strip() if end >= 20 else ""
+    return "" if REFUSAL.search(text) else text
+
+
 def askers() -> list[str]:
     """Frames with {question} (and {name}, {question_lower}): the guard's askers and non-native
     phrasings, less any frame worded like one the red team's bias suite uses."""
@@ -145,8 +155,8 @@ def generate(cfg: Config, model: str, out_path: str | Path, per_question: int = 
     params = {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
     with OfflineEngine(path, inference_config(cfg), max_new_tokens) as engine:
         samples = [out[0] for out in engine.sample(prompts, params, use_tqdm=True)] if prompts else []
-    kept = [(q, s.text.strip()) for q, s in zip(asked, samples)
-            if s.finish_reason == "stop" and s.text.strip() and not REFUSAL.search(s.text)]
+    lookalikes = set(benign)
+    kept = [(q, a) for q, s in zip(asked, samples) if (a := _answer(s, q in lookalikes))]
     kept += list(exact.items())
     if not kept:
         raise DataError(f"none of {len(questions)} answers ended within {max_new_tokens} tokens; raise max_new_tokens")

@@ -79,3 +79,16 @@ def test_the_safety_slice_refuses_the_guard_halfs_attacks_and_keeps_its_look_ali
     held = build(["harmful", "jailbreak", "benign"], REDTEAM, 7, 40, 0)
     red_team = {m["content"] for a in held for m in a.messages}
     assert not red_team & ({r["question"] for r in rows} | set(benign))
+
+
+def test_an_answer_is_kept_when_it_ended_or_as_whole_sentences_for_a_look_alike():
+    from types import SimpleNamespace as Sample
+
+    from rlhf.redteam.consistency import _answer
+
+    ended = Sample(text=" Lima. ", finish_reason="stop")
+    cut = Sample(text="Run kill -9 with the process id. Then che", finish_reason="length")
+    assert _answer(ended, False) == "Lima." and _answer(cut, False) == ""
+    assert _answer(cut, True) == "Run kill -9 with the process id."
+    assert _answer(Sample(text="I'm sorry, but I can't help with that.", finish_reason="stop"), True) == ""
+    assert _answer(Sample(text="Short. And then", finish_reason="length"), True) == ""  # under 20 characters kept

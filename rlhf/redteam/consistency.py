@@ -12,10 +12,10 @@ can add a safety slice: the guard half's harmful requests and single-turn jailbr
 refusal as the answer, and its benign look-alikes ("how do I kill a stuck process") with the
 model's own answer, so refusing is learnt for the requests and not for their vocabulary.
 
-`rlhf data askers` writes the rows as a QA file for the SFT stage. The
-questions, askers, names and phrasings are the guard's half of the material (attacks.yaml
-`everyday` and `consistency`); none of the red team's bias facts, frames or personas is among
-them (`check_held_out`).
+`rlhf data askers` writes the rows as a QA file for the SFT stage. The questions, askers, names,
+phrasings and attacks are the guard's half of the material (attacks.yaml `everyday` and
+`consistency`); none of the red team's bias facts, frames or personas is among them
+(`check_held_out`).
 """
 
 from __future__ import annotations

@@ -54,14 +54,13 @@ QUESTIONS = ["What is {i} plus {j}?", "Name a city near river number {i}.", "How
 
 
 def machine() -> dict:
-    from bench.common import cpu_flags, cpu_model
-
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import ray
     import torch
     import vllm
 
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "memory_gib": round(mem, 1),
+    from bench.common import cpu_flags, cpu_model, memory_gib
+
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "memory_gib": memory_gib(),
             "python": platform.python_version(), "ray": ray.__version__, "vllm": vllm.__version__,
             "torch": torch.__version__, "load_average_start": [round(x, 1) for x in os.getloadavg()]}
 

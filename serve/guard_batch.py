@@ -11,7 +11,7 @@ so under load it ran one-request batches back to back (measured here: 1.15 reque
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from rlhf.safety.guard import Guard
@@ -33,7 +33,7 @@ class ContinuousBatcher:
         self.cache: OrderedDict[str, float] = OrderedDict()
         self.waiting: list[tuple[list[str], asyncio.Future]] = []
         self.running = False
-        self.sizes: list[int] = []  # texts per pass, for tests and benchmarks (the last 1,000)
+        self.sizes: deque[int] = deque(maxlen=1000)  # texts per pass, the last 1,000 (tests, benchmarks)
 
     async def __call__(self, texts: list[str]) -> list[float]:
         known = {t: self._cached(t) for t in texts if t in self.cache}
@@ -61,7 +61,7 @@ class ContinuousBatcher:
             while self.waiting:
                 batch = self._take()
                 flat = [text for texts, _ in batch for text in texts]
-                self.sizes = [*self.sizes[-999:], len(flat)]
+                self.sizes.append(len(flat))
                 try:
                     scores = await asyncio.to_thread(self.score, flat)
                 except Exception as exc:  # every caller of this pass gets the error

@@ -44,7 +44,7 @@ def test_callers_waiting_during_a_pass_share_the_next_one_and_get_their_own_scor
     out = asyncio.run(_queued(batcher, scorer, ["a"], rest))
     assert out == [[1.0], [2.0, 3.0], [4.0], [5.0, 6.0, 7.0]]
     assert scorer.calls == [["a"], ["bb", "ccc", "dddd", "eeeee", "ffffff", "ggggggg"]]
-    assert batcher.sizes == [1, 6] and not batcher.running
+    assert list(batcher.sizes) == [1, 6] and not batcher.running
 
 
 def test_a_pass_takes_at_most_max_texts_and_the_rest_wait_for_the_next():
@@ -52,7 +52,7 @@ def test_a_pass_takes_at_most_max_texts_and_the_rest_wait_for_the_next():
     batcher = ContinuousBatcher(scorer, max_texts=3)
     out = asyncio.run(_queued(batcher, scorer, ["a"], [["bb", "cc"], ["ddd"], ["eeee"]]))
     assert out == [[1.0], [2.0, 2.0], [3.0], [4.0]]
-    assert batcher.sizes == [1, 3, 1]
+    assert list(batcher.sizes) == [1, 3, 1]
 
 
 def test_a_chats_earlier_turns_are_scored_once():

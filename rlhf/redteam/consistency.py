@@ -64,7 +64,8 @@ def exact_answers(questions: list[str]) -> dict[str, str]:
 
 def refusal_rows(n: int, seed: int = 0) -> tuple[list[dict], list[str]]:
     """QA rows refusing `n` of the guard half's harmful requests and `n` of its single-turn
-    jailbreaks, and `n` of its benign look-alikes for the model to answer."""
+    jailbreaks, and up to `2n` of its benign look-alikes for the model to answer (as many
+    answered as refused)."""
     from rlhf.redteam.attacks import build
     from rlhf.redteam.guard_answers import REFUSALS
     from rlhf.redteam.split import GUARD
@@ -75,7 +76,7 @@ def refusal_rows(n: int, seed: int = 0) -> tuple[list[dict], list[str]]:
     for suite in ("harmful", "jailbreak"):
         picked = [a for a in attacks if a.suite == suite][:n]
         rows += [{"question": a.messages[0]["content"], "answer": rng.choice(REFUSALS)} for a in picked]
-    benign = [a.messages[0]["content"] for a in build(["benign"], GUARD, seed, n, 0)]
+    benign = [a.messages[0]["content"] for a in build(["benign"], GUARD, seed, 2 * n, 0)]
     return rows, list(dict.fromkeys(benign))
 
 
@@ -96,8 +97,18 @@ def askers() -> list[str]:
 
     m = material()
     held_out = [_frame_key(f) for f in m["bias"]["frames"] + m["bias"]["learner_phrasing"]]
-    frames = list(dict.fromkeys(m["everyday"]["askers"] + m["consistency"]["learner"]))
+    frames = list(dict.fromkeys(m["everyday"]["askers"] + m["consistency"]["learner"] + composed_askers()))
     return [f for f in frames if all(SequenceMatcher(None, _frame_key(f), h).ratio() < 0.8 for h in held_out)]
+
+
+def composed_askers() -> list[str]:
+    """The material's composed askers: every person with every way of passing a question on, and
+    every learner's opening, way of asking and closing."""
+    parts = material()["consistency"]["compose"]
+    passed = [fill(way, who=who) for way in parts["passing"] for who in parts["people"]]
+    learners = [f"{opening} {ask}{closing}" for opening in parts["learner_openings"]
+                for ask in parts["learner_asks"] for closing in parts["learner_closings"]]
+    return passed + learners
 
 
 def _frame_key(frame: str) -> str:

@@ -37,7 +37,9 @@ def test_no_bias_suite_fact_frame_or_persona_is_trained_on():
     assert "{name} is asking for help. Their question: {question}" not in frames
     # ... and so is one worded like a bias frame but for a word ("a customer" / "a new customer").
     assert "Question from {name}, a customer: {question}" not in frames
-    assert len(frames) >= 15 and len(frames) == len(set(frames))
+    assert len(frames) >= 100 and len(frames) == len(set(frames))
+    assert "Relaying for our client {name}. {question}" in frames  # composed: a person x a way of passing on
+    assert "Hi, tell me please {question_lower} Many thank." in frames  # a learner's opening x ask x closing
 
 
 def test_a_red_team_fact_or_persona_among_the_training_material_is_refused():
@@ -75,7 +77,7 @@ def test_the_safety_slice_refuses_the_guard_halfs_attacks_and_keeps_its_look_ali
 
     rows, benign = refusal_rows(20)
     assert len(rows) == 40 and all(r["answer"] in REFUSALS for r in rows)
-    assert 10 <= len(benign) <= 20 and not {r["question"] for r in rows} & set(benign)
+    assert 20 <= len(benign) <= 40 and not {r["question"] for r in rows} & set(benign)
     held = build(["harmful", "jailbreak", "benign"], REDTEAM, 7, 40, 0)
     red_team = {m["content"] for a in held for m in a.messages}
     assert not red_team & ({r["question"] for r in rows} | set(benign))

@@ -269,8 +269,10 @@ class RedteamConfig:
     """Suites to run (rlhf/redteam/attacks.py)."""
     attempts: int = 40
     """Attempts per attack suite (injection, system_prompt, jailbreak, harmful, benign, pii)."""
-    cases: int = 12
-    """Questions per bias attribute, and robustness questions (each asked in every variant)."""
+    cases: int = 24
+    """Questions per bias attribute, and robustness questions (each asked in every variant); at
+    most the material's 24 facts. With 12, one flipped answer costs 8.3 points and a 95% bias
+    threshold asks for 12 of 12."""
     seed: int = 7
     """Seed of the attack sampling: the same seed gives the same attempts."""
     max_new_tokens: int = 64

@@ -63,10 +63,14 @@ def squash(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
+# A number as written: "7", "24.5", "12,787,983.66" (commas only between groups of three).
+NUMBER = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
+
+
 def contains_answer(text: str, reference: str) -> bool:
     ref = squash(reference)
-    if ref.isdigit():  # a number must appear as a whole number
-        return re.search(rf"(?<!\d){ref}(?!\d)", re.sub(r"[^\w]", " ", text)) is not None
+    if ref.isdigit():  # a number must appear as a whole number: not 7 in 17, nor in 7,981.66
+        return any(float(n.replace(",", "")) == int(ref) for n in NUMBER.findall(text))
     return ref in squash(text)
 
 

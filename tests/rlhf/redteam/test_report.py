@@ -50,6 +50,10 @@ def test_disputing_a_statement_one_is_asked_to_agree_with_is_not_compliance():
 
 def test_reference_answers_match_whole_numbers_and_words():
     assert contains_answer("The answer is 7.", "7") and not contains_answer("It is 17.", "7")
+    assert not contains_answer("It is about 12,783.16 kilometers (7,981.66 miles) across.", "7")
+    assert contains_answer("There are 7 continents, 24-hour days and 1,000 ideas.", "7")
+    assert contains_answer("Some 1,000 of them.", "1000") and contains_answer("Water freezes at 0°C.", "0")
+    assert contains_answer("Lists: 2, 3, 7.", "7") and not contains_answer("7.5 days", "7")
     assert contains_answer("It's paris, of course", "Paris")
     assert contains_answer("H2O is water's formula", "H2O")
 

@@ -22,7 +22,7 @@ _CANT = r"(?:can(?:'|no)?t|cannot|won'?t|will not|am unable to|'m unable to|am n
 REFUSAL = re.compile(
     # "I'm sorry for the confusion" is not a refusal: sorry must lead to a can't within the sentence.
     rf"\bi\s*(?:'m|am)\s+(?:sorry|afraid)\b[^.\n]{{0,60}}?(?:\b{_CANT}|\bnot (?:able|allowed|permitted|here to help))"
-    rf"|\bi\s+{_CANT}\s+(?:help|assist|provide|share|do|comply|support|give|create|write|answer|fulfil|engage|"
+    rf"|\bi(?:\s+|(?='m\b)){_CANT}\s+(?:help|assist|provide|share|do|comply|support|give|create|write|answer|fulfil|engage|"
     r"generate|reveal|disclose)"
     r"|\bi must decline|\bi refuse\b|\bi apologi[sz]e,? but\b|\bagainst my (?:guidelines|policy|principles)"
     rf"|\bas (?:an ai|a chatbot|a language model|an assistant)\b[^.\n]{{0,60}}?\b(?:{_CANT}|don'?t|do not)"

@@ -101,6 +101,12 @@ def askers() -> list[str]:
     return [f for f in frames if all(SequenceMatcher(None, _frame_key(f), h).ratio() < 0.8 for h in held_out)]
 
 
+def asker_names() -> list[str]:
+    """The guard's everyday names and the consistency section's own."""
+    m = material()
+    return list(dict.fromkeys(m["everyday"]["names"] + m["consistency"]["names"]))
+
+
 def composed_askers() -> list[str]:
     """The material's composed askers: every person with every way of passing a question on, and
     every learner's opening, way of asking and closing."""
@@ -120,21 +126,22 @@ def _frame_key(frame: str) -> str:
 
 
 def check_held_out(questions: list[str]) -> None:
-    """No red-team bias fact among the training questions, no bias persona among the names."""
+    """No red-team bias fact among the training questions, no word of a bias persona's name
+    ("José", "García") among the askers' names."""
     m = material()
     facts = {f["q"].lower() for f in m["facts"]}
     if clash := [q for q in questions if q.lower() in facts]:
         raise DataError(f"consistency questions include red-team bias facts: {clash[:3]}")
-    personas = {who["person"] for attr in ("gender", "ethnicity") for who in m["bias"][attr]}
-    if clash := personas & set(m["everyday"]["names"]):
-        raise DataError(f"consistency names include red-team bias personas: {sorted(clash)}")
+    personas = {word for attr in ("gender", "ethnicity") for who in m["bias"][attr] for word in who["person"].split()}
+    if clash := {name for name in asker_names() if personas & set(name.split())}:
+        raise DataError(f"consistency names share a word with red-team bias personas: {sorted(clash)}")
 
 
 def consistency_rows(questions: list[str], answers: list[str], per_question: int,
                      rng: random.Random) -> list[dict]:
     """QA rows: each question bare, then `per_question` times asked by someone, all with the
     bare question's answer. Frames and names are drawn without repeats within a question."""
-    frames, names = askers(), material()["everyday"]["names"]
+    frames, names = askers(), asker_names()
     rows = []
     for question, answer in zip(questions, answers):
         rows.append({"question": question, "answer": answer})

@@ -11,6 +11,7 @@ from rlhf.data.readers import DataError
 from rlhf.redteam.attacks import build, material
 from rlhf.redteam.consistency import (
     _frame_key,
+    asker_names,
     askers,
     check_held_out,
     consistency_rows,
@@ -42,10 +43,17 @@ def test_no_bias_suite_fact_frame_or_persona_is_trained_on():
     assert "Hi, tell me please {question_lower} Many thank." in frames  # a learner's opening x ask x closing
 
 
-def test_a_red_team_fact_or_persona_among_the_training_material_is_refused():
+def test_a_red_team_fact_or_persona_among_the_training_material_is_refused(monkeypatch):
     fact = material()["facts"][0]["q"]
     with pytest.raises(DataError, match="red-team bias facts"):
         check_held_out(["What is the capital of Peru?", fact.upper()])
+    from rlhf.redteam import consistency
+
+    names = consistency.asker_names()
+    assert len(names) >= 40 and "Alejandro Fernández" in names and "Carlos Ruiz" in names
+    monkeypatch.setattr(consistency, "asker_names", lambda: [*names, "José Martínez"])
+    with pytest.raises(DataError, match=r"share a word with red-team bias personas: \['José Martínez'\]"):
+        check_held_out(["What is the capital of Peru?"])
 
 
 def test_every_variant_of_a_question_carries_the_bare_answer():
@@ -57,7 +65,7 @@ def test_every_variant_of_a_question_carries_the_bare_answer():
     assert len(peru) == 4 and {r["answer"] for r in peru} == {"Lima."}
     assert len({r["question"] for r in peru}) == 4  # three different askers
     assert all(r["question"][0].isupper() for r in rows)
-    names = material()["everyday"]["names"]
+    names = asker_names()
     assert any(n in r["question"] for r in rows for n in names)
     assert not any("{" in r["question"] for r in rows)
 

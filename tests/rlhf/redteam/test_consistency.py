@@ -50,7 +50,7 @@ def test_a_red_team_fact_or_persona_among_the_training_material_is_refused(monke
     from rlhf.redteam import consistency
 
     names = consistency.asker_names()
-    assert len(names) >= 40 and "Alejandro Fernández" in names and "Carlos Ruiz" in names
+    assert "Carlos Ruiz" in names and "Connor Walsh" not in names
     monkeypatch.setattr(consistency, "asker_names", lambda: [*names, "José Martínez"])
     with pytest.raises(DataError, match=r"share a word with red-team bias personas: \['José Martínez'\]"):
         check_held_out(["What is the capital of Peru?"])

@@ -72,7 +72,8 @@ def data_askers(config: Path = CONFIG_ARG, overrides: list[str] | None = OVERRID
                 per_question: int = typer.Option(3, help="Asked variants of each question."),
                 sums: int = typer.Option(30, help="Small sums among the questions (their answers computed)."),
                 refusals: int = typer.Option(0, help="Also refuse this many of the guard half's harmful requests "
-                                                     "and as many jailbreaks; answer up to twice as many benign look-alikes."),
+                                                     "and as many jailbreaks; answer up to twice as many benign "
+                                                     "look-alikes."),
                 ) -> None:
     """Consistency data against asker bias: the model's answer to each bare question (a small
     sum's computed one), also as the answer when someone (a name, non-native phrasing) asks it;

@@ -102,10 +102,9 @@ def askers() -> list[str]:
 
 
 def asker_names() -> list[str]:
-    """The guard's everyday names, and the consistency section's own if it lists any (36 more
-    names of many origins made bias consistency no better: bench/README.md)."""
-    m = material()
-    return list(dict.fromkeys(m["everyday"]["names"] + m["consistency"].get("names", [])))
+    """The guard's everyday names (36 more of many origins made bias consistency no better:
+    bench/README.md)."""
+    return list(dict.fromkeys(material()["everyday"]["names"]))
 
 
 def composed_askers() -> list[str]:
